@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+r"""captum-spes: SPES token-level explanations of speech-to-text models, as a Captum method."""
+from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper
+from captum_spes._core.result import SPESResult
+from captum_spes._core.spes import SPES
+from captum_spes._utils.adapters import (
+    ModelAdapter,
+    Speech2TextAdapter,
+    SpeechEncoderDecoderAdapter,
+    WhisperAdapter,
+    get_model_adapter,
+    register_model_adapter,
+)
+from captum_spes._utils.impact import (
+    IMPACT_MEASURES,
+    kl_divergence,
+    probability_drop,
+    register_impact_measure,
+)
+from captum_spes._utils.masks import (
+    MASK_FAMILIES,
+    CustomMasks,
+    ElementMasks,
+    FrequencyMasks,
+    MaskFamily,
+    MaskLevel,
+    SLICMasks,
+    TimeMasks,
+    register_mask_family,
+)
+from captum_spes._version import __version__
+from captum_spes.normalizers import normalize_reference, paired_min_max, single_mean_std
+
+__all__ = [
+    "SPES",
+    "SPESResult",
+    "SpeechSeq2SeqWrapper",
+    "Hypothesis",
+    "MaskFamily",
+    "MaskLevel",
+    "SLICMasks",
+    "TimeMasks",
+    "FrequencyMasks",
+    "ElementMasks",
+    "CustomMasks",
+    "MASK_FAMILIES",
+    "register_mask_family",
+    "IMPACT_MEASURES",
+    "kl_divergence",
+    "probability_drop",
+    "register_impact_measure",
+    "ModelAdapter",
+    "WhisperAdapter",
+    "Speech2TextAdapter",
+    "SpeechEncoderDecoderAdapter",
+    "get_model_adapter",
+    "register_model_adapter",
+    "single_mean_std",
+    "paired_min_max",
+    "normalize_reference",
+    "__version__",
+]

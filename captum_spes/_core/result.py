@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+r"""The result of a SPES attribution: maps for every explained token, with their context.
+
+:class:`SPESResult` holds the per-token spectrogram maps ``(num_tokens, n_mels, n_frames)``
+at the real audio length, the causal token map ``(num_tokens, num_decoder_inputs)``, the
+tokens, the clean log-probabilities and the metadata needed to reproduce the run. It saves to
+one ``safetensors`` file (tensors plus JSON metadata; loading never unpickles) and offers the
+reference normalisers, word merging and time/frequency profiles.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from captum_spes.normalizers import NORMALIZERS
+
+__all__ = ["SPESResult"]
+
+_FORMAT = "captum-spes-result"
+_FORMAT_VERSION = 1
+_REDUCTIONS = ("max", "mean", "sum")
+
+
+def _reduce(values: Tensor, dim: int, how: str) -> Tensor:
+    if how == "max":
+        return values.max(dim=dim).values
+    if how == "mean":
+        return values.mean(dim=dim)
+    if how == "sum":
+        return values.sum(dim=dim)
+    raise ValueError(f"reduce must be one of {_REDUCTIONS}, got {how!r}")
+
+
+@dataclass
+class SPESResult:
+    r"""Token-level SPES explanation of one utterance.
+
+    Attributes:
+        spectrogram_attr (Tensor): ``(num_tokens, n_mels, n_frames)`` float32, the mean
+            impact (KL by default) over the masks that occluded each element; speech frames
+            only, unnormalised.
+        token_attr (Tensor or None): ``(num_tokens, num_decoder_inputs)``, causal (row ``k``
+            is 0 after decoder input ``P - 1 + k``); None when token masks were off.
+        target_ids (list of int): explained ids (hypothesis then end token), ``num_tokens``.
+        tokens (list of str): their text pieces.
+        decoder_input_ids (list of int): teacher-forced decoder inputs (prompt + hypothesis).
+        decoder_input_tokens (list of str): their text pieces (token-map column labels).
+        num_prompt (int): forced prompt tokens at the start of the decoder inputs.
+        target_log_probs (Tensor): ``(num_tokens,)`` clean log-probability of each token.
+        text (str): the explained hypothesis.
+        metadata (dict): configuration, seed, masks and segments per level, model, audio
+            length, frame rate, library versions, timing.
+    """
+
+    spectrogram_attr: Tensor
+    token_attr: Optional[Tensor]
+    target_ids: List[int]
+    tokens: List[str]
+    decoder_input_ids: List[int]
+    decoder_input_tokens: List[str]
+    num_prompt: int
+    target_log_probs: Tensor
+    text: str = ""
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+    # ----- shapes -------------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        return int(self.spectrogram_attr.shape[0])
+
+    @property
+    def n_mels(self) -> int:
+        return int(self.spectrogram_attr.shape[1])
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.spectrogram_attr.shape[2])
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second of the time axis (100 for a 10 ms hop)."""
+        return float(self.metadata.get("frame_rate", 100.0))
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio covered by the maps."""
+        return self.n_frames / self.frame_rate
+
+    def token_valid_mask(self) -> Tensor:
+        """Bool ``(num_tokens, num_decoder_inputs)``: entries a causal token map may fill."""
+        rows = torch.arange(self.num_tokens)[:, None]
+        cols = torch.arange(len(self.decoder_input_ids))[None, :]
+        return cols <= rows + self.num_prompt - 1
+
+    # ----- transformations ----------------------------------------------------------
+    def normalize(self, method: str = "reference") -> "SPESResult":
+        r"""A copy with normalised maps (the stored maps stay raw).
+
+        Args:
+            method (str, optional): ``"single_mean_std"``, ``"paired_min_max"`` or
+                ``"reference"`` (both, in that order, as the reference's evaluation).
+                Default: "reference"
+        """
+        if method not in NORMALIZERS:
+            raise ValueError(f"method must be one of {sorted(NORMALIZERS)}, got {method!r}")
+        spec, tok = NORMALIZERS[method](self.spectrogram_attr, self.token_attr, self.token_valid_mask())
+        history = list(self.metadata.get("normalization", [])) + [method]
+        return replace(self, spectrogram_attr=spec, token_attr=tok, metadata={**self.metadata, "normalization": history})
+
+    def word_groups(self) -> List[List[int]]:
+        """Indices of the explained tokens forming each word; the end token stands alone.
+
+        A token whose text starts with whitespace opens a new word (Whisper's byte-level BPE
+        and SentencePiece both mark word starts this way).
+        """
+        groups: List[List[int]] = []
+        for index, piece in enumerate(self.tokens[:-1]):
+            if not groups or piece[:1].isspace():
+                groups.append([index])
+            else:
+                groups[-1].append(index)
+        groups.append([self.num_tokens - 1])
+        return groups
+
+    def to_words(self, reduce: str = "max") -> "SPESResult":
+        r"""Merge subword tokens into words, rows and token-map columns alike.
+
+        Args:
+            reduce (str, optional): how token rows combine: "max" (as Echoes of Phonetics),
+                "mean" or "sum". Default: "max"
+
+        Returns:
+            *SPESResult* with one row per word (plus the end token); ``target_ids`` keeps the
+            first id of each word and ``metadata["word_groups"]`` the token indices.
+        """
+        groups = self.word_groups()
+        spec = torch.stack([_reduce(self.spectrogram_attr[g], 0, reduce) for g in groups])
+        tokens = ["".join(self.tokens[i] for i in g) for g in groups]
+        prompt = self.num_prompt
+        columns = [[c] for c in range(prompt)] + [[prompt + i for i in g] for g in groups[:-1]]
+        token_attr = None
+        if self.token_attr is not None:
+            rows = torch.stack([_reduce(self.token_attr[g], 0, reduce) for g in groups])
+            token_attr = torch.stack([_reduce(rows[:, c], 1, reduce) for c in columns], dim=1)
+            # A word may credit the inputs before its last token: keep the map causal per word.
+            valid = torch.arange(len(columns))[None, :] <= torch.arange(len(groups))[:, None] + prompt - 1
+            token_attr = torch.where(valid, token_attr, torch.zeros_like(token_attr))
+        input_tokens = [self.decoder_input_tokens[c] for c in range(prompt)] + tokens[:-1]
+        input_ids = [self.decoder_input_ids[c[0]] for c in columns]
+        return replace(
+            self,
+            spectrogram_attr=spec,
+            token_attr=token_attr,
+            target_ids=[self.target_ids[g[0]] for g in groups],
+            tokens=tokens,
+            decoder_input_ids=input_ids,
+            decoder_input_tokens=input_tokens,
+            target_log_probs=torch.stack([self.target_log_probs[g].sum() for g in groups]),
+            metadata={**self.metadata, "word_groups": groups, "word_reduce": reduce},
+        )
+
+    def time_profile(self, reduce: str = "mean") -> Tensor:
+        """Saliency over time, ``(num_tokens, n_frames)``, reducing the mel axis."""
+        return _reduce(self.spectrogram_attr, 1, reduce)
+
+    def frequency_profile(self, reduce: str = "mean") -> Tensor:
+        """Saliency over mel bins, ``(num_tokens, n_mels)``, reducing the time axis."""
+        return _reduce(self.spectrogram_attr, 2, reduce)
+
+    def utterance_map(self, normalize: Optional[str] = "reference") -> Tensor:
+        """Mean over tokens of the (normalised) maps, ``(n_mels, n_frames)``: the map the
+        reference ranks for deletion and insertion."""
+        result = self.normalize(normalize) if normalize else self
+        return result.spectrogram_attr.mean(dim=0)
+
+    def to_input_layout(self, total_frames: Optional[int] = None) -> Tensor:
+        r"""Captum-shaped attributions ``(num_tokens, n_mels, total_frames)``: the maps
+        zero-padded to the model's input length (e.g. 3000 for Whisper), as a multi-output
+        Captum method would return them for a ``(1, n_mels, total_frames)`` input."""
+        total = total_frames or int(self.metadata.get("input_frames", self.n_frames))
+        if total < self.n_frames:
+            raise ValueError(f"total_frames must be >= n_frames ({self.n_frames}), got {total}")
+        out = self.spectrogram_attr.new_zeros(self.num_tokens, self.n_mels, total)
+        out[..., : self.n_frames] = self.spectrogram_attr
+        return out
+
+    def as_tuple(self) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(spectrogram_attr, token_attr)`` as plain tensors."""
+        return self.spectrogram_attr, self.token_attr
+
+    # ----- persistence --------------------------------------------------------------
+    def save(self, path: Union[str, os.PathLike], overwrite: bool = False) -> Path:
+        """Write one ``.safetensors`` file (tensors plus JSON metadata, exact round trip).
+
+        Raises:
+            FileExistsError: if ``path`` exists and ``overwrite`` is False.
+        """
+        from safetensors.torch import save_file
+
+        target = Path(path)
+        if target.suffix != ".safetensors":
+            target = target.with_name(target.name + ".safetensors")
+        if target.exists() and not overwrite:
+            raise FileExistsError(
+                f"{target} exists; pass overwrite=True to replace it or choose another path"
+            )
+        tensors = {
+            "spectrogram_attr": self.spectrogram_attr.detach().cpu().contiguous(),
+            "target_log_probs": self.target_log_probs.detach().cpu().contiguous(),
+        }
+        if self.token_attr is not None:
+            tensors["token_attr"] = self.token_attr.detach().cpu().contiguous()
+        fields = {
+            "target_ids": self.target_ids,
+            "tokens": self.tokens,
+            "decoder_input_ids": self.decoder_input_ids,
+            "decoder_input_tokens": self.decoder_input_tokens,
+            "num_prompt": self.num_prompt,
+            "text": self.text,
+            "metadata": self.metadata,
+        }
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(target.name + ".partial")
+        save_file(
+            tensors,
+            str(temporary),
+            metadata={
+                "format": _FORMAT,
+                "format_version": str(_FORMAT_VERSION),
+                "fields": json.dumps(fields, ensure_ascii=False),
+            },
+        )
+        os.replace(temporary, target)
+        return target
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "SPESResult":
+        """Read a file written by :meth:`save` (no pickle)."""
+        from safetensors import safe_open
+
+        source = Path(path)
+        if not source.exists():
+            raise FileNotFoundError(f"{source} does not exist")
+        with safe_open(str(source), framework="pt") as handle:
+            header = handle.metadata() or {}
+            if header.get("format") != _FORMAT:
+                raise ValueError(f"{source} is not a captum-spes result file")
+            version = int(header.get("format_version", "0"))
+            if version > _FORMAT_VERSION:
+                raise ValueError(
+                    f"{source} has format version {version}; this captum-spes reads up to "
+                    f"{_FORMAT_VERSION}: upgrade captum-spes"
+                )
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        fields = json.loads(header["fields"])
+        return cls(
+            spectrogram_attr=tensors["spectrogram_attr"],
+            token_attr=tensors.get("token_attr"),
+            target_log_probs=tensors["target_log_probs"],
+            **fields,
+        )
+
+    def __repr__(self) -> str:
+        token_shape = None if self.token_attr is None else tuple(self.token_attr.shape)
+        return (
+            f"SPESResult(text={self.text!r}, spectrogram_attr={tuple(self.spectrogram_attr.shape)}, "
+            f"token_attr={token_shape}, n_masks={self.metadata.get('n_masks')})"
+        )

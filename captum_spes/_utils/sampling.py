@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+r"""Seeded random masks for SPES, independent of batching and device.
+
+Masks are drawn on the CPU with NumPy's PCG64, one stream per level and one for tokens,
+each seeded from ``(seed, stream)``. Mask ``j`` of a level is always the ``j``-th draw of its
+stream, so any batch size (``perturbations_per_eval``) and any device give the same masks.
+An element is occluded iff ``U < p`` with ``U ~ Uniform[0, 1)`` (one rule, no inversion).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["split_masks_across_levels", "MaskBatch", "MaskSampler"]
+
+_SPECTROGRAM_STREAM = 0
+_TOKEN_STREAM = 1
+
+
+def split_masks_across_levels(n_masks: int, num_levels: int) -> List[int]:
+    """Masks per level: consecutive blocks, the remainder spread over the first levels.
+
+    Unlike the reference, which lowers ``n_masks`` to a multiple of the level count
+    (20000 masks over 3 levels became 19 998), exactly ``n_masks`` masks are used.
+    """
+    if num_levels < 1:
+        raise ValueError("there must be at least one mask level")
+    if n_masks < num_levels:
+        raise ValueError(
+            f"n_masks={n_masks} is smaller than the number of mask levels ({num_levels}); "
+            "every level needs at least one mask: raise n_masks or use fewer levels"
+        )
+    base, extra = divmod(n_masks, num_levels)
+    return [base + (1 if level < extra else 0) for level in range(num_levels)]
+
+
+@dataclass
+class MaskBatch:
+    """Consecutive masks ``start .. start + size - 1`` of one attribution call.
+
+    Attributes:
+        start (int): index of the first mask.
+        level_rows (list of (level, row indices, occluded)): for each level present in the
+            batch, the rows of the batch that use it and their occlusion flags at segment
+            resolution, a bool tensor ``(len(rows), num_segments)``.
+        token_occluded (Tensor, optional): bool ``(size, num_decoder_inputs)``, True where a
+            decoder input embedding is zeroed.
+    """
+
+    start: int
+    size: int
+    level_rows: List[tuple]
+    token_occluded: Optional[Tensor]
+
+
+class MaskSampler:
+    """Draws the occlusion flags of all masks of one utterance, in a fixed order.
+
+    Args:
+        segments_per_level (sequence of int): segment counts of the spectrogram levels;
+            empty for token-only masks.
+        masks_per_level (sequence of int): how many masks use each level (blocks in order).
+        p (float or None): probability that a spectrogram segment is occluded.
+        token_p (float or None): probability that a decoder input is occluded, or None.
+        num_tokens (int): decoder inputs that can be occluded (columns of the token map).
+        seed (int): base seed.
+        token_maskable (Tensor, optional): bool ``(num_tokens,)``; False columns are never
+            occluded (e.g. forced prompt tokens when they are kept fixed).
+    """
+
+    def __init__(
+        self,
+        segments_per_level: Sequence[int],
+        masks_per_level: Sequence[int],
+        p: Optional[float],
+        token_p: Optional[float],
+        num_tokens: int,
+        seed: int,
+        token_maskable: Optional[Tensor] = None,
+    ) -> None:
+        self.segments_per_level = list(segments_per_level)
+        self.masks_per_level = list(masks_per_level)
+        self.p = p
+        self.token_p = token_p
+        self.num_tokens = num_tokens
+        self.token_maskable = token_maskable
+        self.n_masks = sum(self.masks_per_level)
+        self._level_rngs = [
+            np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(_SPECTROGRAM_STREAM, level))))
+            for level in range(len(self.segments_per_level))
+        ]
+        self._token_rng = np.random.Generator(
+            np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(_TOKEN_STREAM,)))
+        )
+        starts = np.cumsum([0] + self.masks_per_level)
+        self._level_starts = starts
+
+    def batches(self, batch_size: int) -> Iterator[MaskBatch]:
+        """Yield the masks in order, ``batch_size`` at a time (the last batch may be smaller)."""
+        for start in range(0, self.n_masks, batch_size):
+            stop = min(start + batch_size, self.n_masks)
+            level_rows = []
+            for level, rng in enumerate(self._level_rngs):
+                lo = max(start, int(self._level_starts[level]))
+                hi = min(stop, int(self._level_starts[level + 1]))
+                if lo >= hi:
+                    continue
+                draws = rng.random((hi - lo, self.segments_per_level[level]))
+                occluded = torch.from_numpy(draws < self.p)
+                rows = torch.arange(lo - start, hi - start)
+                level_rows.append((level, rows, occluded))
+            token_occluded = None
+            if self.token_p is not None:
+                draws = self._token_rng.random((stop - start, self.num_tokens))
+                token_occluded = torch.from_numpy(draws < self.token_p)
+                if self.token_maskable is not None:
+                    token_occluded &= self.token_maskable[None, :].cpu()
+            yield MaskBatch(start, stop - start, level_rows, token_occluded)
