@@ -260,7 +260,11 @@ class SpeechSeq2SeqWrapper(nn.Module):
         width = len(self.hypothesis.decoder_input_ids)
         if token_keep_mask.dim() == 1:
             token_keep_mask = token_keep_mask[None]
-        if token_keep_mask.shape[-1] != width or token_keep_mask.shape[0] not in (1, batch):
+        if (
+            token_keep_mask.dim() != 2
+            or token_keep_mask.shape[-1] != width
+            or token_keep_mask.shape[0] not in (1, batch)
+        ):
             raise ValueError(
                 f"token_keep_mask must have shape (batch, {width}) or ({width},) with 1 where a "
                 f"decoder input is kept; got {tuple(token_keep_mask.shape)}"
@@ -285,6 +289,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
             float32 whatever the model's dtype). Differentiable unless run under
             ``torch.inference_mode``.
         """
+        self.hypothesis  # noqa: B018 - raises the clear "no hypothesis is set" error
         batch = input_features.shape[0]
         keep = self._check_keep_mask(token_keep_mask, batch)
         ids = self._decoder_input_ids.to(input_features.device).expand(batch, -1)

@@ -25,7 +25,7 @@ __all__ = [
 
 ImpactMeasure = Callable[[Tensor, Tensor, Tensor], Tensor]
 
-# Log-probabilities are floored here so that a token the perturbed model rules out entirely
+# A token the perturbed model rules out entirely (log-probability -inf) is floored here, so it
 # adds a large but finite amount (p * 1e4) instead of inf.
 _LOG_FLOOR = -1.0e4
 
@@ -45,8 +45,10 @@ def kl_divergence(clean_log_probs: Tensor, perturbed_log_probs: Tensor, target_i
     Returns:
         *Tensor* ``(batch, num_targets)``, non-negative.
     """
-    clean = clean_log_probs.float().clamp_min(_LOG_FLOOR)
-    perturbed = perturbed_log_probs.float().clamp_min(_LOG_FLOOR)
+    clean = clean_log_probs.float()
+    perturbed = perturbed_log_probs.float()
+    # Only -inf (a token ruled out) is floored; finite log-probabilities are used as they are.
+    perturbed = torch.where(torch.isneginf(perturbed), torch.full_like(perturbed, _LOG_FLOOR), perturbed)
     probs = clean.exp()
     terms = probs[None] * (clean[None] - perturbed)
     terms = torch.where(probs[None] > 0, terms, torch.zeros_like(terms))

@@ -197,7 +197,7 @@ def _group_ids(length: int, group: int) -> Tensor:
 
 
 def _check_group_sizes(sizes: Union[int, Sequence[int]], argument: str) -> List[int]:
-    values = [sizes] if isinstance(sizes, int) else list(sizes)
+    values = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]
     if not values or any((not isinstance(v, int)) or v < 1 for v in values):
         raise ValueError(f"{argument} must be a positive int or a sequence of them, got {sizes!r}")
     return values

