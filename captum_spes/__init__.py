@@ -3,6 +3,7 @@ r"""captum-spes: SPES token-level explanations of speech-to-text models, as a Ca
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper
 from captum_spes._core.result import SPESResult
 from captum_spes._core.spes import SPES
+from captum_spes._utils.adaptive import AdaptiveMasks
 from captum_spes._utils.adapters import (
     ModelAdapter,
     Speech2TextAdapter,
@@ -36,6 +37,7 @@ __all__ = [
     "SPESResult",
     "SpeechSeq2SeqWrapper",
     "Hypothesis",
+    "AdaptiveMasks",
     "MaskFamily",
     "MaskLevel",
     "SLICMasks",

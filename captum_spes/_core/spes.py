@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper, TargetType
 from captum_spes._core.result import SPESResult
 from captum_spes._utils.accumulator import SegmentAccumulator
+from captum_spes._utils.adaptive import AdaptiveMasks, split_half_reliability
 from captum_spes._utils.baselines import BaselineSpec, resolve_baseline
 from captum_spes._utils.impact import ImpactMeasure, resolve_impact_measure
 from captum_spes._utils.masks import MaskFamily, MaskLevel, resolve_mask_family
@@ -97,7 +98,7 @@ class SPES(PerturbationAttribution):
         perturbations_per_eval: int = 8,
         show_progress: bool = False,
         *,
-        n_masks: Union[int, Sequence[int]] = 20000,
+        n_masks: Union[int, Sequence[int], str, AdaptiveMasks] = 20000,
         p: float = 0.5,
         token_p: Optional[float] = 0.5,
         token_masks: str = "decoupled",
@@ -136,9 +137,11 @@ class SPES(PerturbationAttribution):
             show_progress (bool, optional): show a tqdm bar labelled "SPES attribution"
                 whose total is the number of forward passes (one per mask plus the clean
                 pass). Default: False
-            n_masks (int or list[int], optional): spectrogram masks; an int is split over
-                the levels in consecutive blocks (exactly this many are used), a list gives
-                one count per level. Default: 20000
+            n_masks (int, list[int], "auto" or AdaptiveMasks, optional): spectrogram masks;
+                an int is split over the levels in consecutive blocks (exactly this many are
+                used), a list gives one count per level; ``"auto"`` (or an
+                :class:`AdaptiveMasks`) samples rounds until the map's split-half reliability
+                reaches a threshold, up to a cap (see ``metadata["adaptive"]``). Default: 20000
             p (float, optional): probability that a spectrogram segment is occluded in a
                 mask, in (0, 1). Default: 0.5
             token_p (float or None, optional): probability that a decoder input is zeroed,
@@ -216,53 +219,52 @@ class SPES(PerturbationAttribution):
         baseline, baseline_info = resolve_baseline(baselines, canonical_full, num_frames, adapter)
 
         levels = family.segment(speech.detach().float().cpu())
-        masks_per_level = self._masks_per_level(n_masks, len(levels))
-        total_masks = sum(masks_per_level)
+        adaptive = self._resolve_adaptive(n_masks)
+        masks_per_level = None if adaptive else self._masks_per_level(n_masks, len(levels))
+        segments = [lv.num_segments for lv in levels]
         num_inputs = len(hypothesis.decoder_input_ids)
-        if token_p is None:
-            token_passes = 0
-        elif token_masks == "joint":
-            token_passes = 0
-        else:
-            token_passes = self._validate_positive_int(
-                total_masks if n_token_masks is None else n_token_masks, "n_token_masks"
-            )
+        if token_p is not None and token_masks == "decoupled" and n_token_masks is not None:
+            self._validate_positive_int(n_token_masks, "n_token_masks")
         maskable = torch.ones(num_inputs, dtype=torch.bool)
         if not perturb_prompt:
             maskable[: hypothesis.num_prompt] = False
+        joint_token_p = token_p if token_masks == "joint" else None
 
         target_ids = torch.tensor(hypothesis.target_ids, device=device)
+        # In adaptive mode the number of passes is only known at the end: plan for the cap.
+        planned = adaptive.max_masks if adaptive else sum(masks_per_level)
+        planned_token = 0
+        if token_p is not None and token_masks == "decoupled":
+            planned_token = planned if n_token_masks is None else n_token_masks
         bar = tqdm(
-            total=1 + total_masks + token_passes,
+            total=1 + planned + planned_token,
             desc=f"{self.get_name()} attribution",
             unit="pass",
             disable=not show_progress,
         )
+        labels = [lv.labels.to(device) for lv in levels]
+        adaptive_info: Optional[Dict[str, Any]] = None
         with torch.inference_mode():
             clean = wrapper(inputs_tensor)[0]
             bar.update(1)
-            spec_acc = SegmentAccumulator(hypothesis.num_explained, [lv.num_segments for lv in levels], device)
+            spec_acc = SegmentAccumulator(hypothesis.num_explained, segments, device)
             tok_acc = SegmentAccumulator(hypothesis.num_explained, [num_inputs], device)
-            sampler = MaskSampler(
-                [lv.num_segments for lv in levels],
-                masks_per_level,
-                p,
-                token_p if token_masks == "joint" else None,
-                num_inputs,
-                seed,
-                maskable,
+            run = dict(
+                labels=labels, speech=speech, canonical_full=canonical_full, baseline=baseline,
+                clean=clean, target_ids=target_ids, measure=measure, bar=bar,
+                per_eval=perturbations_per_eval, tok_acc=tok_acc,
             )
-            labels = [lv.labels.to(device) for lv in levels]
-            for batch in sampler.batches(perturbations_per_eval):
-                scores = self._spectrogram_pass(
-                    batch, labels, speech, canonical_full, baseline, clean, target_ids, measure
+            if adaptive is None:
+                sampler = MaskSampler(segments, masks_per_level, p, joint_token_p, num_inputs, seed, maskable)
+                self._run_spectrogram_masks(sampler, spec_acc, **run)
+            else:
+                masks_per_level, adaptive_info = self._run_adaptive(
+                    adaptive, segments, p, joint_token_p, num_inputs, seed, maskable, spec_acc, run
                 )
-                for level, rows, occluded in batch.level_rows:
-                    spec_acc.add(level, scores[rows.to(device)], occluded.to(device))
-                if batch.token_occluded is not None:
-                    tok_acc.add(0, scores, batch.token_occluded.to(device))
-                bar.update(batch.size)
-            if token_passes:
+            total_masks = sum(masks_per_level)
+            token_passes = 0
+            if token_p is not None and token_masks == "decoupled":
+                token_passes = total_masks if n_token_masks is None else n_token_masks
                 encoder_outputs = wrapper.encode(inputs_tensor)
                 token_sampler = MaskSampler([], [token_passes], None, token_p, num_inputs, seed, maskable)
                 for batch in token_sampler.batches(perturbations_per_eval):
@@ -271,6 +273,8 @@ class SPES(PerturbationAttribution):
                     scores = self._checked_scores(measure(clean, perturbed, target_ids), batch.size)
                     tok_acc.add(0, scores, batch.token_occluded.to(device))
                     bar.update(batch.size)
+        bar.total = bar.n
+        bar.refresh()
         bar.close()
 
         spectrogram_attr, counts = spec_acc.finalize(labels)
@@ -298,6 +302,7 @@ class SPES(PerturbationAttribution):
             seconds=time.perf_counter() - started,
             dtype=str(inputs_tensor.dtype),
         )
+        metadata["adaptive"] = adaptive_info
         return SPESResult(
             spectrogram_attr=spectrogram_attr.cpu(),
             token_attr=None if token_attr is None else token_attr.cpu(),
@@ -313,6 +318,92 @@ class SPES(PerturbationAttribution):
 
     def attribute_future(self) -> None:  # type: ignore[override]
         raise NotImplementedError("attribute_future is not implemented for SPES")
+
+    # ----- mask loops ---------------------------------------------------------------
+    def _run_spectrogram_masks(
+        self,
+        sampler: MaskSampler,
+        spec_acc: SegmentAccumulator,
+        *,
+        labels: List[Tensor],
+        speech: Tensor,
+        canonical_full: Tensor,
+        baseline: Tensor,
+        clean: Tensor,
+        target_ids: Tensor,
+        measure: ImpactMeasure,
+        bar: Any,
+        per_eval: int,
+        tok_acc: SegmentAccumulator,
+    ) -> None:
+        device = speech.device
+        for batch in sampler.batches(per_eval):
+            scores = self._spectrogram_pass(batch, labels, speech, canonical_full, baseline, clean, target_ids, measure)
+            for level, rows, occluded in batch.level_rows:
+                spec_acc.add(level, scores[rows.to(device)], occluded.to(device))
+            if batch.token_occluded is not None:
+                tok_acc.add(0, scores, batch.token_occluded.to(device))
+            bar.update(batch.size)
+
+    def _run_adaptive(
+        self,
+        adaptive: AdaptiveMasks,
+        segments: List[int],
+        p: float,
+        joint_token_p: Optional[float],
+        num_inputs: int,
+        seed: int,
+        maskable: Tensor,
+        spec_acc: SegmentAccumulator,
+        run: Dict[str, Any],
+    ) -> Tuple[List[int], Dict[str, Any]]:
+        """Rounds alternate between two half accumulators until the split-half reliability
+        of the spectrogram map reaches the threshold or the cap is hit."""
+        device = run["speech"].device
+        halves = [SegmentAccumulator(spec_acc.numerators[0].shape[0], segments, device) for _ in range(2)]
+        used = [0] * len(segments)
+        history: List[Dict[str, float]] = []
+        reliability = float("nan")
+        round_index = 0
+        while sum(used) < adaptive.max_masks:
+            size = min(adaptive.round_size, adaptive.max_masks - sum(used))
+            if size < len(segments):
+                break
+            per_level = split_masks_across_levels(size, len(segments))
+            sampler = MaskSampler(
+                segments, per_level, p, joint_token_p, num_inputs, seed, maskable, round_index=round_index
+            )
+            self._run_spectrogram_masks(sampler, halves[round_index % 2], **run)
+            used = [u + n for u, n in zip(used, per_level)]
+            round_index += 1
+            if round_index >= 2:
+                reliability = split_half_reliability(halves[0].segment_means(), halves[1].segment_means())
+                history.append({"masks": sum(used), "reliability": reliability})
+                if sum(used) >= adaptive.min_masks and reliability >= adaptive.threshold:
+                    break
+        for half in halves:
+            for level in range(len(segments)):
+                spec_acc.numerators[level] += half.numerators[level]
+                spec_acc.counts[level] += half.counts[level]
+        info = {
+            **adaptive.config(),
+            "reliability": reliability,
+            "converged": bool(reliability >= adaptive.threshold),
+            "masks_used": sum(used),
+            "rounds": round_index,
+            "history": history,
+        }
+        return used, info
+
+    @staticmethod
+    def _resolve_adaptive(n_masks: Any) -> Optional[AdaptiveMasks]:
+        if isinstance(n_masks, AdaptiveMasks):
+            return n_masks
+        if isinstance(n_masks, str):
+            if n_masks != "auto":
+                raise ValueError(f'n_masks must be an int, a list of ints, "auto" or AdaptiveMasks, got {n_masks!r}')
+            return AdaptiveMasks()
+        return None
 
     # ----- overridable hooks --------------------------------------------------------
     def _perturb(self, speech: Tensor, occluded: Tensor, baseline: Tensor) -> Tensor:

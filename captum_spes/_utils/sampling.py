@@ -19,6 +19,7 @@ __all__ = ["split_masks_across_levels", "MaskBatch", "MaskSampler"]
 
 _SPECTROGRAM_STREAM = 0
 _TOKEN_STREAM = 1
+_ROUND_STREAM = 2
 
 
 def split_masks_across_levels(n_masks: int, num_levels: int) -> List[int]:
@@ -70,6 +71,8 @@ class MaskSampler:
         seed (int): base seed.
         token_maskable (Tensor, optional): bool ``(num_tokens,)``; False columns are never
             occluded (e.g. forced prompt tokens when they are kept fixed).
+        round_index (int, optional): round of adaptive sampling; each round has its own
+            streams. Default: None (one fixed-size run)
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class MaskSampler:
         num_tokens: int,
         seed: int,
         token_maskable: Optional[Tensor] = None,
+        round_index: Optional[int] = None,
     ) -> None:
         self.segments_per_level = list(segments_per_level)
         self.masks_per_level = list(masks_per_level)
@@ -89,12 +93,17 @@ class MaskSampler:
         self.num_tokens = num_tokens
         self.token_maskable = token_maskable
         self.n_masks = sum(self.masks_per_level)
+        # Adaptive sampling draws its rounds from streams of their own, so round r's masks do
+        # not depend on how many rounds came before.
+        prefix = () if round_index is None else (_ROUND_STREAM, round_index)
         self._level_rngs = [
-            np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(_SPECTROGRAM_STREAM, level))))
+            np.random.Generator(
+                np.random.PCG64(np.random.SeedSequence(seed, spawn_key=prefix + (_SPECTROGRAM_STREAM, level)))
+            )
             for level in range(len(self.segments_per_level))
         ]
         self._token_rng = np.random.Generator(
-            np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(_TOKEN_STREAM,)))
+            np.random.PCG64(np.random.SeedSequence(seed, spawn_key=prefix + (_TOKEN_STREAM,)))
         )
         starts = np.cumsum([0] + self.masks_per_level)
         self._level_starts = starts
