@@ -34,7 +34,9 @@ def test_word_maps_peak_inside_aligned_words(tiny_en):
     result = SPES(SpeechSeq2SeqWrapper(model, processor)).attribute(
         features, n_masks=200, perturbations_per_eval=8, token_p=None, seed=0
     )
-    assert result.n_frames == -(-len(sample.waveform) // 160)  # padding detected, not attributed
+    # Padding is detected and not attributed; the 1-2 frames after ceil(samples / 160) whose
+    # 25 ms window still overlaps the audio count as speech.
+    assert 0 <= result.n_frames - -(-len(sample.waveform) // 160) <= 2
     assert "acoustic corpus" in result.text.lower()
     report = word_plausibility(result, sample.words)
     # Measured: 37 of 52 matched words (71 %) peak inside their span; chance is 1.3 %.

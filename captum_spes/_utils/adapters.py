@@ -194,6 +194,9 @@ class WhisperAdapter(ModelAdapter):
     Speech frames are detected as the frames before the trailing run in which every mel
     bin sits at the padding floor ``max - 2`` (Whisper's ``(max(log10, m - 8) + 4) / 4``
     scaling puts zero-padded audio exactly there); pass ``num_frames`` to SPES to override.
+    The detected length is ``ceil(samples / 160)`` plus the one or two frames whose 25 ms
+    analysis window still overlaps the end of the audio. Digital silence at the very end of
+    a recording is indistinguishable from padding and is excluded too.
     """
 
     def speech_frames(self, inputs: Tensor) -> int:
