@@ -213,7 +213,6 @@ def _explain_waveform(
     before_attribution: Optional[Callable[[float, float], None]] = None,
 ) -> _Explained:
     """Transcribe, estimate, explain and write every output; print progress lines."""
-    import torch
 
     from captum_spes import SPES, SpeechSeq2SeqWrapper
 

@@ -78,7 +78,7 @@ def test_words_tokens_and_maps(report) -> None:
         assert f"data-word-index='{i}' title=" in text and f">{word}</span>" in text
         assert f"<button class='play-word' data-word-index='{i}'" in text
     for k in range(len(TOKENS)):
-        assert f"<span class='token" in text and f"data-token-index='{k}'" in text
+        assert "<span class='token" in text and f"data-token-index='{k}'" in text
     assert [w["tokens"] for w in data["words"]] == [[0], [1], [2, 3], [4]]
     # Maps round-trip as uint8 over their own range.
     result = make_result()
