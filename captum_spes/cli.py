@@ -394,7 +394,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     mask at batch 8 and 1.2-1.5 s at batch 16 (no gain from the larger batch; its encoder
     always reads the full 30 s window of 3000 frames, whatever the clip length), plus
     0.17-0.40 s per decoder-only token mask. 200 + 200 masks therefore take about 3-6 minutes
-    there, and well under that on an idle machine; the paper's 20 000 would take hours. The
+    there, and well under that on an idle machine; the published 20 000 would take hours. The
     printed estimate is measured afresh on every run.
     """
     from captum_spes.data import load_sample
@@ -412,7 +412,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     def compare_with_paper(batch_s: float, token_s: float) -> None:
         paper = _estimate_seconds(PAPER_N_MASKS, PAPER_N_MASKS, batch_size, batch_s, token_s)
         print(
-            f"Note: this demo uses {n_masks} masks; the paper's configuration uses {PAPER_N_MASKS:,} "
+            f"Note: this demo uses {n_masks} masks; the method's published configuration uses {PAPER_N_MASKS:,} "
             f"masks, which would take {_format_duration(paper)} on this machine ({device}, "
             f"{_threads()} threads; extrapolated from the batch time measured above). "
             "Fewer masks give noisier maps, not different ones. On a GPU every mask batch runs "
@@ -503,7 +503,7 @@ def _add_run_options(parser: argparse.ArgumentParser, *, n_masks: int, batch_siz
                         help="embedded model (tiny.en, base), local model folder, or hub id org/name "
                              "(default: the embedded tiny.en)")
     parser.add_argument("--n-masks", type=int, default=n_masks,
-                        help=f"spectrogram masks (default: {n_masks}; the paper uses {PAPER_N_MASKS})")
+                        help=f"spectrogram masks (default: {n_masks}; the published configuration uses {PAPER_N_MASKS})")
     parser.add_argument("--batch-size", type=int, default=batch_size,
                         help=f"masks per forward pass (default: {batch_size})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random masks (default: 0)")
