@@ -30,6 +30,7 @@ from captum_spes._utils.masks import (
     register_mask_family,
 )
 from captum_spes._version import __version__
+from captum_spes.comparison import ComparisonReport, compare
 from captum_spes.normalizers import normalize_reference, paired_min_max, single_mean_std
 
 __all__ = [
@@ -60,5 +61,7 @@ __all__ = [
     "single_mean_std",
     "paired_min_max",
     "normalize_reference",
+    "compare",
+    "ComparisonReport",
     "__version__",
 ]

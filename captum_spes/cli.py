@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-r"""Command-line interface: ``captum-spes explain | demo | info [| compare]``.
+r"""Command-line interface: ``captum-spes explain | demo | info | compare``.
 
 ``captum-spes explain AUDIO`` transcribes one clip with a Whisper model, explains every
 generated token with SPES and writes, into ``--out``:
@@ -486,16 +486,10 @@ def _run_info(args: argparse.Namespace) -> int:
 
 # ----- parser -----------------------------------------------------------------------
 def _compare_module() -> Any:
-    """``captum_spes.compare`` if it exists and exposes the CLI hooks, else None."""
-    try:
-        import captum_spes.compare as module
-    except ModuleNotFoundError as error:
-        if error.name == "captum_spes.compare":
-            return None
-        raise
-    if hasattr(module, "add_compare_arguments") and hasattr(module, "run_compare"):
-        return module
-    return None
+    """The comparison harness's CLI hooks (imported lazily: it pulls in Captum's methods)."""
+    from captum_spes import comparison
+
+    return comparison
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, n_masks: int, batch_size: int, out: Optional[str]) -> None:
@@ -552,10 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_run_info)
 
     compare = _compare_module()
-    if compare is not None:
-        sub = commands.add_parser("compare", help="compare attribution methods")
-        compare.add_compare_arguments(sub)
-        sub.set_defaults(func=compare.run_compare)
+    sub = commands.add_parser(
+        "compare", help="compare SPES with Captum's Occlusion, FeatureAblation, IG, Saliency, InputXGradient"
+    )
+    compare.add_compare_arguments(sub)
+    sub.set_defaults(func=compare.run_compare)
     return parser
 
 

@@ -160,7 +160,7 @@ def test_demo_tiny_model(tiny_model: str, tmp_path: Path, capsys) -> None:
     code, stdout, err = _run(capsys, ["demo", "--model", tiny_model, "--n-masks", "4", "--batch-size", "4",
                                       "--out", str(out)])
     assert code == 0, err
-    assert "this demo uses 4 masks; the paper's configuration uses 20,000 masks" in stdout
+    assert "this demo uses 4 masks; the method's published configuration uses 20,000 masks" in stdout
     assert "expectation, not a measurement" in stdout
     assert "Demo finished in" in stdout
     _check_outputs(out)

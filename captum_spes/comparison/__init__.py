@@ -1,0 +1,25 @@
+#!/usr/bin/env python3
+r"""SPES against Captum baselines on one utterance: cost, faithfulness, compactness, plausibility.
+
+>>> from captum_spes.comparison import compare
+>>> report = compare(wrapper, features, n_masks=500)
+>>> report.print(); report.to_csv("comparison.csv"); fig, axes = report.plot()
+"""
+from captum_spes.comparison.cli import add_compare_arguments, run_compare
+from captum_spes.comparison.core import DEFAULT_METHODS, METRICS, compare
+from captum_spes.comparison.methods import METHODS, SpeechOnlyForward, count_passes
+from captum_spes.comparison.report import COLUMNS, ComparisonReport, MethodResult
+
+__all__ = [
+    "compare",
+    "ComparisonReport",
+    "MethodResult",
+    "COLUMNS",
+    "METHODS",
+    "DEFAULT_METHODS",
+    "METRICS",
+    "SpeechOnlyForward",
+    "count_passes",
+    "add_compare_arguments",
+    "run_compare",
+]
