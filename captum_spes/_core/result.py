@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from captum_spes.normalizers import NORMALIZERS
+from captum_spes._utils.files import refuse_overwrite
 
 __all__ = ["SPESResult"]
 
@@ -206,10 +207,7 @@ class SPESResult:
         target = Path(path)
         if target.suffix != ".safetensors":
             target = target.with_name(target.name + ".safetensors")
-        if target.exists() and not overwrite:
-            raise FileExistsError(
-                f"{target} exists; pass overwrite=True to replace it or choose another path"
-            )
+        refuse_overwrite(target, overwrite)
         tensors = {
             "spectrogram_attr": self.spectrogram_attr.detach().cpu().contiguous(),
             "target_log_probs": self.target_log_probs.detach().cpu().contiguous(),

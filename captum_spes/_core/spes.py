@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,6 +27,19 @@ __all__ = ["SPES"]
 
 TOKEN_MASK_MODES = ("decoupled", "joint")
 _VERSIONED = ("captum-spes", "captum", "torch", "transformers", "numpy", "scikit-image")
+
+
+@dataclass
+class _Utterance:
+    """What every perturbed pass of one utterance needs."""
+
+    labels: List[Tensor]  # per level, (n_mels, n_frames) segment ids
+    speech: Tensor  # (n_mels, n_frames) speech frames
+    canonical_full: Tensor  # (n_mels, input_frames), padding included
+    baseline: Tensor  # broadcastable to speech
+    clean: Tensor  # (num_tokens, vocab) clean log-probabilities
+    target_ids: Tensor  # (num_tokens,)
+    measure: ImpactMeasure
 
 
 def _versions() -> Dict[str, str]:
@@ -249,17 +263,14 @@ class SPES(PerturbationAttribution):
             bar.update(1)
             spec_acc = SegmentAccumulator(hypothesis.num_explained, segments, device)
             tok_acc = SegmentAccumulator(hypothesis.num_explained, [num_inputs], device)
-            run = dict(
-                labels=labels, speech=speech, canonical_full=canonical_full, baseline=baseline,
-                clean=clean, target_ids=target_ids, measure=measure, bar=bar,
-                per_eval=perturbations_per_eval, tok_acc=tok_acc,
-            )
+            utterance = _Utterance(labels, speech, canonical_full, baseline, clean, target_ids, measure)
+            loop = dict(utterance=utterance, tok_acc=tok_acc, bar=bar, per_eval=perturbations_per_eval)
             if adaptive is None:
                 sampler = MaskSampler(segments, masks_per_level, p, joint_token_p, num_inputs, seed, maskable)
-                self._run_spectrogram_masks(sampler, spec_acc, **run)
+                self._run_spectrogram_masks(sampler, spec_acc, **loop)
             else:
                 masks_per_level, adaptive_info = self._run_adaptive(
-                    adaptive, segments, p, joint_token_p, num_inputs, seed, maskable, spec_acc, run
+                    adaptive, segments, p, joint_token_p, num_inputs, seed, maskable, spec_acc, loop
                 )
             total_masks = sum(masks_per_level)
             token_passes = 0
@@ -325,20 +336,14 @@ class SPES(PerturbationAttribution):
         sampler: MaskSampler,
         spec_acc: SegmentAccumulator,
         *,
-        labels: List[Tensor],
-        speech: Tensor,
-        canonical_full: Tensor,
-        baseline: Tensor,
-        clean: Tensor,
-        target_ids: Tensor,
-        measure: ImpactMeasure,
+        utterance: _Utterance,
+        tok_acc: SegmentAccumulator,
         bar: Any,
         per_eval: int,
-        tok_acc: SegmentAccumulator,
     ) -> None:
-        device = speech.device
+        device = utterance.speech.device
         for batch in sampler.batches(per_eval):
-            scores = self._spectrogram_pass(batch, labels, speech, canonical_full, baseline, clean, target_ids, measure)
+            scores = self._spectrogram_pass(batch, utterance)
             for level, rows, occluded in batch.level_rows:
                 spec_acc.add(level, scores[rows.to(device)], occluded.to(device))
             if batch.token_occluded is not None:
@@ -355,11 +360,11 @@ class SPES(PerturbationAttribution):
         seed: int,
         maskable: Tensor,
         spec_acc: SegmentAccumulator,
-        run: Dict[str, Any],
+        loop: Dict[str, Any],
     ) -> Tuple[List[int], Dict[str, Any]]:
         """Rounds alternate between two half accumulators until the split-half reliability
         of the spectrogram map reaches the threshold or the cap is hit."""
-        device = run["speech"].device
+        device = loop["utterance"].speech.device
         halves = [SegmentAccumulator(spec_acc.numerators[0].shape[0], segments, device) for _ in range(2)]
         used = [0] * len(segments)
         history: List[Dict[str, float]] = []
@@ -373,7 +378,7 @@ class SPES(PerturbationAttribution):
             sampler = MaskSampler(
                 segments, per_level, p, joint_token_p, num_inputs, seed, maskable, round_index=round_index
             )
-            self._run_spectrogram_masks(sampler, halves[round_index % 2], **run)
+            self._run_spectrogram_masks(sampler, halves[round_index % 2], **loop)
             used = [u + n for u, n in zip(used, per_level)]
             round_index += 1
             if round_index >= 2:
@@ -410,26 +415,19 @@ class SPES(PerturbationAttribution):
         """Occluded elements take the baseline: ``(batch, n_mels, n_frames)``."""
         return torch.where(occluded, baseline.to(speech.dtype), speech)
 
-    def _spectrogram_pass(
-        self,
-        batch: MaskBatch,
-        labels: List[Tensor],
-        speech: Tensor,
-        canonical_full: Tensor,
-        baseline: Tensor,
-        clean: Tensor,
-        target_ids: Tensor,
-        measure: ImpactMeasure,
-    ) -> Tensor:
-        device = speech.device
-        occluded = torch.empty(batch.size, *speech.shape, dtype=torch.bool, device=device)
+    def _spectrogram_pass(self, batch: MaskBatch, utterance: _Utterance) -> Tensor:
+        """One forward over a batch of spectrogram masks; impacts ``(batch, num_tokens)``."""
+        speech = utterance.speech
+        occluded = torch.empty(batch.size, *speech.shape, dtype=torch.bool, device=speech.device)
         for level, rows, flags in batch.level_rows:
-            occluded[rows.to(device)] = flags.to(device)[:, labels[level]]
-        model_inputs = canonical_full.expand(batch.size, *canonical_full.shape).clone()
-        model_inputs[:, :, : speech.shape[1]] = self._perturb(speech, occluded, baseline)
-        keep = None if batch.token_occluded is None else (~batch.token_occluded).to(device)
+            occluded[rows.to(speech.device)] = flags.to(speech.device)[:, utterance.labels[level]]
+        full = utterance.canonical_full
+        model_inputs = full.expand(batch.size, *full.shape).clone()
+        model_inputs[:, :, : speech.shape[1]] = self._perturb(speech, occluded, utterance.baseline)
+        keep = None if batch.token_occluded is None else (~batch.token_occluded).to(speech.device)
         perturbed = self.wrapper(self.wrapper.adapter.from_canonical(model_inputs), keep)
-        return self._checked_scores(measure(clean, perturbed, target_ids), batch.size)
+        scores = utterance.measure(utterance.clean, perturbed, utterance.target_ids)
+        return self._checked_scores(scores, batch.size)
 
     @staticmethod
     def _checked_scores(scores: Tensor, batch: int) -> Tensor:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from captum_spes._core.result import SPESResult
+from captum_spes._utils.files import refuse_overwrite
 
 __all__ = ["mel_to_stft_weights", "salient_audio", "salient_mask", "write_salient_audio"]
 
@@ -208,9 +209,7 @@ def write_salient_audio(
     """
     import soundfile as sf
 
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it or choose another path")
+    target = refuse_overwrite(path, overwrite)
     audio = salient_audio(result, waveform, sampling_rate, **kwargs)  # type: ignore[arg-type]
     target.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(target), np.clip(audio, -1.0, 1.0), sampling_rate, subtype="PCM_16", format="WAV")

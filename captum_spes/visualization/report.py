@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from captum_spes._core.result import SPESResult
+from captum_spes._utils.files import refuse_overwrite
 
 __all__ = ["write_html_report", "salient_span"]
 
@@ -215,9 +216,7 @@ def write_html_report(
     Raises:
         FileExistsError: if ``path`` exists and ``overwrite`` is False.
     """
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it or choose another path")
+    target = refuse_overwrite(path, overwrite)
     source = result.normalize(normalize) if normalize else result
     merged = source.to_words()
     groups = merged.metadata["word_groups"]
