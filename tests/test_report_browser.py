@@ -124,6 +124,13 @@ def test_report_in_chromium(browser, tmp_path) -> None:
     assert source.startswith("data:audio/wav;base64,") and len(source) > 1000
     assert page.evaluate("() => document.getElementById('audio').error") is None
 
+    # The listenable explanation of a word: its resynthesised salient audio, embedded.
+    page.locator("button.listen-word[data-word-index='0']").click()
+    assert overlay.get_attribute("data-active-word") == "0"
+    clip = page.locator(".listen-audio[data-word-index='0']")
+    assert clip.get_attribute("data-playing") == "1"
+    assert clip.get_attribute("src").startswith("data:audio/wav;base64,")
+
     page.locator("#show-utterance").click()
     assert overlay.get_attribute("data-active") == "utterance"
     assert page.evaluate(OVERLAY_SUM) == before

@@ -132,3 +132,24 @@ def test_salient_span() -> None:
     profile[250] = 0.5  # outside the peak's run
     start, end = salient_span(profile, 100.0, top_percent=10)
     assert start == pytest.approx(0.95) and end == pytest.approx(1.15)
+
+
+def test_listenable_explanations_are_embedded(report, tmp_path) -> None:
+    import io
+
+    import soundfile as sf
+
+    _, text = report
+    data = payload(text)
+    clips = re.findall(r"<audio class='listen-audio' data-word-index='(\d+)' preload='none' "
+                       r"src='data:audio/wav;base64,([A-Za-z0-9+/=]+)'", text)
+    # One clip per word, the end token excluded; each cut to the word's salient region +- 0.25 s.
+    assert [int(i) for i, _ in clips] == list(range(len(data["words"]) - 1))
+    for index, encoded in clips:
+        audio, rate = sf.read(io.BytesIO(base64.b64decode(encoded)))
+        word = data["words"][int(index)]
+        assert rate == 16000
+        assert len(audio) <= (word["end"] - word["start"] + 0.5) * 16000 + 1
+    waveform = np.sin(np.linspace(0, 300, 19200)).astype(np.float32) * 0.3
+    plain = write_html_report(make_result(), tmp_path / "plain.html", waveform=waveform, listen_top_percent=None)
+    assert "<audio class='listen-audio'" not in plain.read_text(encoding="utf-8")

@@ -190,6 +190,7 @@ def write_html_report(
     normalize: Optional[str] = None,
     top_percent: float = 10.0,
     title: Optional[str] = None,
+    listen_top_percent: Optional[float] = 10.0,
 ) -> Path:
     r"""Write an interactive, self-contained HTML report of ``result``.
 
@@ -209,6 +210,11 @@ def write_html_report(
         top_percent (float, optional): frames defining a word's playable salient region
             (:func:`salient_span`). Default: 10.0
         title (str, optional): page title. Default: the transcript.
+        listen_top_percent (float or None, optional): with a waveform, embed for every word
+            its *listenable explanation*: the audio resynthesised from only the word's top
+            ``listen_top_percent`` % salient time-frequency bins (:func:`salient_audio`),
+            cut to the word's salient region +- 0.25 s and played by its "listen" button.
+            None leaves it out. Default: 10.0
 
     Returns:
         *Path* of the written file.
@@ -250,12 +256,36 @@ def write_html_report(
     payload_json = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
 
     spans = [(item["start"], item["end"]) for item in word_items]
-    page = _render(source, merged, spans, payload_json, waveform, sampling_rate, top_percent, title)
+    listen = None
+    if waveform is not None and listen_top_percent is not None:
+        listen = _listen_clips(result, waveform, sampling_rate, spans, listen_top_percent)
+    page = _render(source, merged, spans, payload_json, waveform, sampling_rate, top_percent, title, listen)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(target.name + ".partial")
     temporary.write_text(page, encoding="utf-8")
     os.replace(temporary, target)
     return target
+
+
+def _listen_clips(
+    result: SPESResult,
+    waveform: ArrayLike,
+    sampling_rate: int,
+    spans: List[Tuple[float, float]],
+    top_percent: float,
+    margin: float = 0.25,
+) -> List[str]:
+    """Per word (end token excluded), a WAV data URI of its resynthesised salient audio."""
+    from captum_spes.visualization.listen import salient_audio
+
+    audio = _numpy(waveform).astype(np.float32).reshape(-1)
+    clips = []
+    for index, (start, end) in enumerate(spans[:-1]):
+        kept = salient_audio(result, audio, sampling_rate, word=index, top_percent=top_percent)
+        first = max(0, int((start - margin) * sampling_rate))
+        last = min(len(kept), int((end + margin) * sampling_rate))
+        clips.append(_wav_data_uri(kept[first:last], sampling_rate))
+    return clips
 
 
 def _token_map_table(source: SPESResult) -> str:
@@ -287,7 +317,7 @@ def _token_map_table(source: SPESResult) -> str:
 
 
 def _render(source: SPESResult, merged: SPESResult, spans: List[Tuple[float, float]], payload_json: str, waveform: Optional[ArrayLike],
-            sampling_rate: int, top_percent: float, title: Optional[str]) -> str:
+            sampling_rate: int, top_percent: float, title: Optional[str], listen: Optional[List[str]] = None) -> str:
     from captum_spes.visualization.plots import mel_frequencies
 
     esc = html.escape
@@ -304,7 +334,14 @@ def _render(source: SPESResult, merged: SPESResult, spans: List[Tuple[float, flo
             f"<span class='wordbox'><span class='word{special}' data-word-index='{i}' "
             f"title='tokens {merged.metadata['word_groups'][i]}'>{esc(_piece(text))}</span>"
             f"<button class='play-word' data-word-index='{i}' data-start='{spans[i][0]:g}' "
-            f"data-end='{spans[i][1]:g}' title='play the salient region {spans[i][0]:g}-{spans[i][1]:g} s'>&#9654;</button></span>"
+            f"data-end='{spans[i][1]:g}' title='play the salient region {spans[i][0]:g}-{spans[i][1]:g} s'>&#9654;</button>"
+            + (
+                f"<button class='listen-word' data-word-index='{i}' title='listen to the explanation: only the "
+                f"top salient time-frequency bins, resynthesised'>&#128266;</button>"
+                f"<audio class='listen-audio' data-word-index='{i}' preload='none' src='{listen[i]}'></audio>"
+                if listen is not None and i < len(listen) else ""
+            )
+            + "</span>"
         )
     last = source.num_tokens - 1
     token_spans = "".join(
@@ -339,7 +376,7 @@ h1{font-size:1.3em}h2{font-size:1.05em;margin-top:1.4em}
 .word,.token{cursor:pointer;padding:.15em .3em;border-radius:4px;background:#eef}
 .word.special,.token.special{background:#eee;color:#777}
 .word.active,.token.active{background:#d44842;color:#fff}
-.play-word{font-size:.7em;margin-left:.1em;cursor:pointer;border:1px solid #bbb;border-radius:3px;background:#fff}
+.play-word,.listen-word{font-size:.7em;margin-left:.1em;cursor:pointer;border:1px solid #bbb;border-radius:3px;background:#fff}
 #tokens .token{font-size:.85em;margin-right:.2em}
 #plot{display:flex;gap:.4em}
 #faxis{position:relative;width:3.2em;font-size:.72em;color:#555}
@@ -457,6 +494,19 @@ document.querySelectorAll(".play-word").forEach(function(e){
     select("word", i); playRange(D.words[i].start, D.words[i].end);
   });
 });
+document.querySelectorAll(".listen-word").forEach(function(e){
+  e.addEventListener("click", function(){
+    var i = parseInt(e.dataset.wordIndex, 10);
+    select("word", i);
+    var clip = document.querySelector(".listen-audio[data-word-index='" + i + "']");
+    audio.pause();
+    document.querySelectorAll(".listen-audio").forEach(function(a){ a.pause(); });
+    clip.currentTime = 0;
+    clip.dataset.playing = "1";
+    var promise = clip.play();
+    if (promise && promise.catch) promise.catch(function(){});
+  });
+});
 document.getElementById("show-utterance").addEventListener("click", function(){ select("utterance", 0); });
 alphaInput.addEventListener("input", function(){ if (current) drawOverlay(current[0], current[1]); });
 document.getElementById("stack").addEventListener("click", function(ev){
@@ -487,7 +537,9 @@ _TEMPLATE = (
     "{audio}"
     "<h2>Transcript</h2><div id='transcript'>{words}</div>"
     "<p class='note'>Click a word to show its saliency (subword tokens merged by max); &#9654; plays its "
-    "salient region (the frames around its saliency peak in its top {top_percent}%).</p>"
+    "salient region (the frames around its saliency peak in its top {top_percent}%); &#128266; plays the "
+    "listenable explanation: the audio resynthesised from only the word's most salient time-frequency "
+    "bins (original phase).</p>"
     "<div id='tokens'>Tokens: {tokens}</div>"
     "<h2>Spectrogram saliency</h2>"
     "<div id='controls'><button id='show-utterance'>Utterance map</button> "
