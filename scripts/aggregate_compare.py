@@ -5,7 +5,6 @@
     python scripts/aggregate_compare.py runs/*/comparison.csv
 """
 import csv
-import math
 import sys
 from collections import defaultdict
 

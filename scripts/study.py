@@ -43,6 +43,14 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
+def top_overlap(a: torch.Tensor, b: torch.Tensor, percent: float = 5.0) -> float:
+    """Share of the top ``percent`` % elements of ``b`` that are also in the top of ``a``."""
+    k = max(1, int(a.numel() * percent / 100))
+    top_a = set(a.flatten().topk(k).indices.tolist())
+    top_b = set(b.flatten().topk(k).indices.tolist())
+    return len(top_a & top_b) / k
+
+
 class Study:
     def __init__(self, out: Path, batch_size: int) -> None:
         self.out = out
@@ -109,17 +117,23 @@ def run_convergence(study: Study, clip: str, reference_masks: int, budgets: List
     if path.exists():
         return
     reference, ref_seconds = study.explain(clip, reference_masks, seed=100)
+    reference.save(study.out / f"convergence_{clip}_reference.safetensors", overwrite=True)
     ref_norm = reference.normalize()
     rows = []
     for n in budgets + ["auto"]:
         rule = AdaptiveMasks(threshold=0.9, round_size=50, max_masks=reference_masks, min_masks=100) if n == "auto" else n
         result, seconds = study.explain(clip, rule, seed=1)
+        result.save(study.out / f"convergence_{clip}_{n}.safetensors", overwrite=True)
         norm = result.normalize()
         rows.append({
             "n_masks": result.metadata["n_masks"],
             "mode": "auto" if n == "auto" else "fixed",
             "seconds": seconds,
-            "spearman_tokens": spearman(result.spectrogram_attr, reference.spectrogram_attr),
+            # Mean over tokens of each token map's rank correlation with the reference's.
+            "spearman_tokens": sum(
+                spearman(a, b) for a, b in zip(result.spectrogram_attr, reference.spectrogram_attr)
+            ) / result.num_tokens,
+            "top5_overlap_utterance": top_overlap(norm.spectrogram_attr.mean(0), ref_norm.spectrogram_attr.mean(0)),
             "spearman_utterance": spearman(norm.spectrogram_attr.mean(0), ref_norm.spectrogram_attr.mean(0)),
             "reliability": (result.metadata.get("adaptive") or {}).get("reliability"),
             **study.metrics([result], [clip]),
@@ -148,13 +162,14 @@ def report(out: Path) -> str:
         data = json.loads(path.read_text())
         ref = data["reference"]
         lines += [f"### Convergence on {data['clip']} (reference: {data['reference_masks']} masks, other seed)", "",
-                  "| masks | Spearman, per-token maps | Spearman, utterance map | deletion WER AUC | pointing | seconds |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| masks | Spearman, per-token maps (mean) | Spearman, utterance map | top-5 % overlap, utterance map | deletion WER AUC | pointing | seconds |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in data["rows"]:
             label = f"{row['n_masks']} (auto, reliability {row['reliability']:.3f})" if row["mode"] == "auto" else str(row["n_masks"])
             lines.append(f"| {label} | {row['spearman_tokens']:.3f} | {row['spearman_utterance']:.3f} | "
+                         f"{row.get('top5_overlap_utterance', float('nan')):.2f} | "
                          f"{row['deletion_wer_auc']:.1f} | {row.get('pointing', float('nan')):.2f} | {row['seconds']:.0f} |")
-        lines.append(f"| {data['reference_masks']} (reference) | 1 | 1 | {ref['deletion_wer_auc']:.1f} | "
+        lines.append(f"| {data['reference_masks']} (reference) | 1 | 1 | 1 | {ref['deletion_wer_auc']:.1f} | "
                      f"{ref.get('pointing', float('nan')):.2f} | {data['reference_seconds']:.0f} |")
         lines.append("")
     return "\n".join(lines)
