@@ -17,6 +17,13 @@ def test_reliability_by_hand():
     y = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
     r = float(torch.corrcoef(torch.stack([x[0], y[0]]))[0, 1])
     assert split_half_reliability([x], [y]) == pytest.approx(2 * r / (1 + r))
+    # Per token, not pooled: two tokens at different scales with unrelated patterns are
+    # unreliable although pooling them would correlate strongly.
+    first = [torch.tensor([[1.0, 0.0, 1.0, 0.0], [10.0, 11.0, 10.0, 11.0]])]
+    second = [torch.tensor([[0.0, 1.0, 0.0, 1.0], [11.0, 10.0, 11.0, 10.0]])]
+    assert split_half_reliability(first, second) == -1.0
+    pooled = torch.corrcoef(torch.stack([first[0].flatten(), second[0].flatten()]))[0, 1]
+    assert pooled > 0.9
 
 
 @pytest.mark.parametrize(
@@ -35,9 +42,9 @@ def _auto(rule, per_eval=32):
 
 
 def test_stops_when_reliable_and_records_why():
-    result = _auto(AdaptiveMasks(threshold=0.5, round_size=50, max_masks=2000, min_masks=100))
+    result = _auto(AdaptiveMasks(threshold=0.25, round_size=50, max_masks=2000, min_masks=100))
     info = result.metadata["adaptive"]
-    assert info["converged"] and info["reliability"] >= 0.5
+    assert info["converged"] and info["reliability"] >= 0.25
     assert info["masks_used"] == result.metadata["n_masks"] == 100  # two rounds, the minimum
     assert result.metadata["forward_passes"] == 1 + 100 + 100  # plus decoupled token passes
     assert [h["masks"] for h in info["history"]] == [100]

@@ -4,9 +4,9 @@ r"""Adaptive number of masks: sample in rounds until the map is reliable.
 The paper's configuration spends 20 000 forward passes per utterance. With
 ``n_masks="auto"`` (or an :class:`AdaptiveMasks`) SPES samples rounds of masks, alternating
 them between two halves, and after each round measures the *split-half reliability* of the
-spectrogram map: the Pearson correlation ``r`` between the two half-maps (all tokens, at
-segment resolution, every level), stepped up to the full map with the Spearman-Brown
-formula ``2r / (1 + r)``. Sampling stops when the reliability reaches ``threshold`` or when
+spectrogram map: the Pearson correlation between the two half-maps of each token (at segment
+resolution, every level), averaged over tokens to ``r`` and stepped up to the full map with
+the Spearman-Brown formula ``2r / (1 + r)``. Sampling stops when the reliability reaches ``threshold`` or when
 ``max_masks`` masks have been used. Both values and the history go into the metadata.
 """
 from __future__ import annotations
@@ -52,20 +52,24 @@ class AdaptiveMasks:
 
 
 def split_half_reliability(first: List[Tensor], second: List[Tensor]) -> float:
-    """Spearman-Brown corrected Pearson correlation of two half-maps.
+    """Spearman-Brown corrected split-half correlation of two half-maps.
+
+    The Pearson correlation is computed per explained token (each row centred on its own
+    mean, all levels' segments together) and averaged over tokens: pooling the tokens would
+    reward the differences in scale between tokens' maps, which are there after a few masks,
+    instead of the spatial pattern of each map.
 
     Args:
         first, second (list of Tensor): per level, mean impacts ``(num_tokens, num_segments)``.
 
     Returns:
-        *float* in [-1, 1]; 0 when either half is constant.
+        *float* in [-1, 1]; rows that are constant in either half count as 0.
     """
-    a = torch.cat([t.reshape(-1) for t in first]).to(torch.float64)
-    b = torch.cat([t.reshape(-1) for t in second]).to(torch.float64)
-    a = a - a.mean()
-    b = b - b.mean()
-    denominator = (a.square().sum() * b.square().sum()).sqrt()
-    if denominator == 0:
-        return 0.0
-    r = float((a * b).sum() / denominator)
+    a = torch.cat([t.to(torch.float64) for t in first], dim=1)
+    b = torch.cat([t.to(torch.float64) for t in second], dim=1)
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    denominator = (a.square().sum(dim=1) * b.square().sum(dim=1)).sqrt()
+    rows = torch.where(denominator > 0, (a * b).sum(dim=1) / denominator.clamp_min(1e-300), torch.zeros_like(denominator))
+    r = float(rows.mean())
     return 2 * r / (1 + r) if r > -1 else -1.0
