@@ -47,33 +47,23 @@ def test_plain_forwards(benchmark, setup):
     benchmark.pedantic(_plain_forwards, args=(wrapper, features, N_MASKS, BATCH), rounds=2, warmup_rounds=1)
 
 
+def _spes_run(wrapper, features, frames, **kwargs):
+    spes = SPES(wrapper)
+    return lambda: spes.attribute(
+        features, target=fixed_target(), prompt_ids=[50257, 50362], n_masks=N_MASKS,
+        perturbations_per_eval=BATCH, num_frames=frames, **kwargs,
+    )
+
+
 @pytest.mark.benchmark(group="overhead")
 def test_spes_spectrogram(benchmark, setup):
-    wrapper, features, frames = setup
-    spes = SPES(wrapper)
-
-    def run():
-        return spes.attribute(
-            features, target=fixed_target(), prompt_ids=[50257, 50362], n_masks=N_MASKS,
-            perturbations_per_eval=BATCH, token_p=None, num_frames=frames,
-        )
-
-    result = benchmark.pedantic(run, rounds=2, warmup_rounds=1)
+    result = benchmark.pedantic(_spes_run(*setup, token_p=None), rounds=2, warmup_rounds=1)
     assert result.metadata["forward_passes"] == N_MASKS + 1
 
 
 @pytest.mark.benchmark(group="overhead")
 def test_spes_with_decoupled_token_map(benchmark, setup):
-    wrapper, features, frames = setup
-    spes = SPES(wrapper)
-
-    def run():
-        return spes.attribute(
-            features, target=fixed_target(), prompt_ids=[50257, 50362], n_masks=N_MASKS,
-            perturbations_per_eval=BATCH, num_frames=frames,
-        )
-
-    result = benchmark.pedantic(run, rounds=2, warmup_rounds=1)
+    result = benchmark.pedantic(_spes_run(*setup), rounds=2, warmup_rounds=1)
     assert result.token_attr is not None
 
 
