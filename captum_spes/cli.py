@@ -353,34 +353,35 @@ def _print_files(files: Sequence[Path]) -> None:
 
 
 # ----- subcommands ------------------------------------------------------------------
+def _run_options(args: argparse.Namespace, out: Path) -> Dict[str, Any]:
+    """Validate the options ``explain`` and ``demo`` share, before any model is loaded."""
+    options = dict(
+        model_name=args.model,
+        device=_resolve_device(args.device),
+        out=out,
+        n_masks=_positive_int(args.n_masks, "--n-masks"),
+        batch_size=_positive_int(args.batch_size, "--batch-size"),
+        seed=args.seed,
+        listen=args.listen,
+        overwrite=args.overwrite,
+    )
+    if args.seed < 0:
+        raise CLIError(f"--seed must be a non-negative integer, got {args.seed}")
+    _check_outputs(out, args.overwrite)
+    _check_matplotlib()
+    return options
+
+
 def _run_explain(args: argparse.Namespace) -> int:
     from captum_spes.audio import load_audio
 
-    n_masks = _positive_int(args.n_masks, "--n-masks")
-    batch_size = _positive_int(args.batch_size, "--batch-size")
-    if args.seed < 0:
-        raise CLIError(f"--seed must be a non-negative integer, got {args.seed}")
-    device = _resolve_device(args.device)
     audio = Path(args.audio)
     out = Path(args.out) if args.out else Path(f"captum-spes-{audio.stem or 'output'}")
-    _check_outputs(out, args.overwrite)
-    _check_matplotlib()
+    options = _run_options(args, out)
     waveform = load_audio(audio, SAMPLING_RATE)
     explained = _explain_waveform(
-        waveform,
-        model_name=args.model,
-        device=device,
-        out=out,
-        n_masks=n_masks,
-        batch_size=batch_size,
-        seed=args.seed,
-        task=args.task,
-        language=args.language,
-        target=args.target,
-        words=None,
-        listen=args.listen,
-        overwrite=args.overwrite,
-        source=str(audio),
+        waveform, task=args.task, language=args.language, target=args.target, words=None,
+        source=str(audio), **options,
     )
     _print_files(explained.files)
     return 0
@@ -399,12 +400,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     """
     from captum_spes.data import load_sample
 
-    n_masks = _positive_int(args.n_masks, "--n-masks")
-    batch_size = _positive_int(args.batch_size, "--batch-size")
-    device = _resolve_device(args.device)
     out = Path(args.out)
-    _check_outputs(out, args.overwrite)
-    _check_matplotlib()
+    options = _run_options(args, out)
+    n_masks, batch_size, device = options["n_masks"], options["batch_size"], options["device"]
     sample = load_sample(args.sample)
     print(f"Demo: explaining the bundled clip {sample.name!r} ({sample.duration:.1f} s, {sample.attribution})")
     print(f"Reference transcript: {sample.transcript}")
@@ -424,21 +422,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     explained = _explain_waveform(
-        sample.waveform,
-        model_name=args.model,
-        device=device,
-        out=out,
-        n_masks=n_masks,
-        batch_size=batch_size,
-        seed=args.seed,
-        task=None,
-        language=None,
-        target=None,
-        words=sample.words,
-        listen=args.listen,
-        overwrite=args.overwrite,
-        source=sample.name,
-        before_attribution=compare_with_paper,
+        sample.waveform, task=None, language=None, target=None, words=sample.words,
+        source=sample.name, before_attribution=compare_with_paper, **options,
     )
     _print_files(explained.files)
     print(f"Demo finished in {time.perf_counter() - started:.1f} s. Open {out / 'report.html'} in a browser.")

@@ -1,13 +1,26 @@
 """Tiny models built locally for the tests (no weights are ever downloaded)."""
 from __future__ import annotations
 
+import importlib
+import os
 from types import SimpleNamespace
 from typing import Any, Optional, Tuple
 
+import pytest
 import torch
 from torch import Tensor, nn
 
 from captum_spes import ModelAdapter, register_model_adapter
+
+
+def require(module: str) -> object:
+    r"""Import an optional test dependency; skip for users, but fail in CI where it must be installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(f"{module} must be installed in CI (pip install \"captum-spes[models,test]\").")
+        pytest.skip(f"{module} is not installed")
 
 
 def tiny_whisper(seed: int = 0, max_new_tokens: int = 6, vocab_size: int = 100, input_frames: int = 300) -> nn.Module:

@@ -7,9 +7,7 @@ and load it back. Real-model tests (``real_model``) use the ``[models]`` extra a
 compare against the ``ctranslate2`` package itself.
 """
 import hashlib
-import importlib
 import json
-import os
 import re
 import struct
 import time
@@ -27,6 +25,7 @@ from captum_spes.models.ctranslate2 import (
     parse_model_bin,
     whisper_generation_config,
 )
+from helpers import require  # noqa: E402,F401 (re-exported to test_models_embedded)
 
 JFK_WAV = Path(captum_spes.__file__).parent / "data" / "samples" / "jfk" / "jfk.wav"
 JFK_TEXT = (
@@ -320,16 +319,6 @@ def test_missing_files_and_bad_dtype(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- real model
-
-
-def require(module: str) -> object:
-    r"""Import an optional test dependency; skip for users, but fail in CI where it must be installed."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail(f"{module} must be installed in CI (pip install \"captum-spes[models,test]\").")
-        pytest.skip(f"{module} is not installed")
 
 
 def load_jfk(processor) -> torch.Tensor:

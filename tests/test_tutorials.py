@@ -13,7 +13,6 @@ the mask count from the environment.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import require
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 NOTEBOOKS = [
@@ -36,16 +36,6 @@ CI_SETTINGS = {
     "CAPTUM_SPES_TUTORIAL_IG_STEPS": "4",
     "CAPTUM_SPES_TUTORIAL_OCCLUSION_WINDOW": "80,20",
 }
-
-
-def _require(module: str) -> object:
-    r"""Import a test dependency; skip for users without it, but fail in CI."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail(f"{module} must be installed in CI (pip install \"captum-spes[models,test]\").")
-        pytest.skip(f"{module} is not installed")
 
 
 def _require_models(*names: str) -> None:
@@ -76,7 +66,7 @@ def test_tutorial_is_stored_small_and_configurable(name: str) -> None:
     source = "".join("".join(c["source"]) for c in nb["cells"])
     assert 'os.environ.get("CAPTUM_SPES_TUTORIAL_MASKS"' in source
     assert "20 000 masks" in source
-    nbformat = _require("nbformat")
+    nbformat = require("nbformat")
     nbformat.validate(nbformat.reads(path.read_text(encoding="utf-8"), as_version=4))
 
 
@@ -99,9 +89,9 @@ def tutorial_session(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.mark.real_model
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_tutorial_executes(name: str, tutorial_session: dict, tmp_path: Path, monkeypatch) -> None:
-    nbformat = _require("nbformat")
-    nbclient = _require("nbclient")
-    _require("ipykernel")
+    nbformat = require("nbformat")
+    nbclient = require("nbclient")
+    require("ipykernel")
     _require_models("tiny.en", "base")
 
     # The kernel inherits this environment.
