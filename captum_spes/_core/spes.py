@@ -17,7 +17,12 @@ from tqdm.auto import tqdm
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper, TargetType
 from captum_spes._core.result import SPESResult
 from captum_spes._utils.accumulator import SegmentAccumulator
-from captum_spes._utils.adaptive import AdaptiveMasks, split_half_reliability
+from captum_spes._utils.adaptive import (
+    AdaptiveMasks,
+    split_half_reliability,
+    split_half_top_overlap,
+    split_half_utterance_overlap,
+)
 from captum_spes._utils.baselines import BaselineSpec, resolve_baseline
 from captum_spes._utils.impact import ImpactMeasure, resolve_impact_measure
 from captum_spes._utils.masks import MaskFamily, MaskLevel, resolve_mask_family
@@ -154,8 +159,13 @@ class SPES(PerturbationAttribution):
             n_masks (int, list[int], "auto" or AdaptiveMasks, optional): spectrogram masks;
                 an int is split over the levels in consecutive blocks (exactly this many are
                 used), a list gives one count per level; ``"auto"`` (or an
-                :class:`AdaptiveMasks`) samples rounds until the map's split-half reliability
-                reaches a threshold, up to a cap (see ``metadata["adaptive"]``). Default: 20000
+                :class:`AdaptiveMasks`) samples rounds of masks into two halves and stops
+                when the halves agree, up to a cap of 20 000 masks: by default when the
+                two halves' utterance maps share enough of their top 5 % elements
+                (``criterion="utterance_top_overlap"``; thresholds in
+                ``captum_spes._utils.adaptive.DEFAULT_THRESHOLDS``); ``"top_overlap"``
+                asks the same of every token's map and ``"reliability"`` of the whole map.
+                All statistics are recorded in ``metadata["adaptive"]``. Default: 20000
             p (float, optional): probability that a spectrogram segment is occluded in a
                 mask, in (0, 1). Default: 0.5
             token_p (float or None, optional): probability that a decoder input is zeroed,
@@ -362,13 +372,18 @@ class SPES(PerturbationAttribution):
         spec_acc: SegmentAccumulator,
         loop: Dict[str, Any],
     ) -> Tuple[List[int], Dict[str, Any]]:
-        """Rounds alternate between two half accumulators until the split-half reliability
-        of the spectrogram map reaches the threshold or the cap is hit."""
-        device = loop["utterance"].speech.device
+        """Rounds alternate between two half accumulators. After every round from the second
+        on, both split-half statistics are computed (the reliability at segment resolution,
+        the top overlap on the element maps that ``finalize`` gives with the utterance's
+        labels, i.e. the final map's layout over the speech frames) and recorded; sampling
+        stops when the selected criterion reaches its threshold or the cap is hit."""
+        utterance = loop["utterance"]
+        device = utterance.speech.device
         halves = [SegmentAccumulator(spec_acc.numerators[0].shape[0], segments, device) for _ in range(2)]
+        threshold = adaptive.resolved_threshold
         used = [0] * len(segments)
         history: List[Dict[str, float]] = []
-        reliability = float("nan")
+        statistics = {name: float("nan") for name in ("utterance_top_overlap", "top_overlap", "reliability")}
         round_index = 0
         while sum(used) < adaptive.max_masks:
             size = min(adaptive.round_size, adaptive.max_masks - sum(used))
@@ -382,18 +397,30 @@ class SPES(PerturbationAttribution):
             used = [u + n for u, n in zip(used, per_level)]
             round_index += 1
             if round_index >= 2:
-                reliability = split_half_reliability(halves[0].segment_means(), halves[1].segment_means())
-                history.append({"masks": sum(used), "reliability": reliability})
-                if sum(used) >= adaptive.min_masks and reliability >= adaptive.threshold:
+                statistics["reliability"] = split_half_reliability(
+                    halves[0].segment_means(), halves[1].segment_means()
+                )
+                # The maps cover the speech frames only, so every element counts (valid=None).
+                first_map, _ = halves[0].finalize(utterance.labels)
+                second_map, _ = halves[1].finalize(utterance.labels)
+                statistics["top_overlap"] = split_half_top_overlap(first_map, second_map, adaptive.top_percent)
+                statistics["utterance_top_overlap"] = split_half_utterance_overlap(
+                    first_map, second_map, adaptive.top_percent
+                )
+                del first_map, second_map
+                history.append({"masks": sum(used), **statistics})
+                if sum(used) >= adaptive.min_masks and statistics[adaptive.criterion] >= threshold:
                     break
         for half in halves:
             for level in range(len(segments)):
                 spec_acc.numerators[level] += half.numerators[level]
                 spec_acc.counts[level] += half.counts[level]
+        statistic = statistics[adaptive.criterion]
         info = {
             **adaptive.config(),
-            "reliability": reliability,
-            "converged": bool(reliability >= adaptive.threshold),
+            "statistic": statistic,
+            **statistics,
+            "converged": bool(statistic >= threshold),
             "masks_used": sum(used),
             "rounds": round_index,
             "history": history,

@@ -196,13 +196,19 @@ class WhisperAdapter(ModelAdapter):
     scaling puts zero-padded audio exactly there); pass ``num_frames`` to SPES to override.
     The detected length is ``ceil(samples / 160)`` plus the one or two frames whose 25 ms
     analysis window still overlaps the end of the audio. Digital silence at the very end of
-    a recording is indistinguishable from padding and is excluded too.
+    a recording is indistinguishable from padding and is excluded too. In float16/bfloat16
+    features, values within rounding of the floor count as padding, so the last frame can
+    be one fewer than in float32; pass the same ``num_frames`` to compare precisions.
     """
 
     def speech_frames(self, inputs: Tensor) -> int:
-        x = self.to_canonical(inputs)
+        canonical = self.to_canonical(inputs)
+        x = canonical.float()
         floor = x.max() - 2.0
-        at_floor = (x <= floor + 1e-6).all(dim=0)
+        # Features cast to half precision after scaling hold a floor rounded on its own, which
+        # can sit a few units in the last place from the rounded max minus 2.
+        tolerance = 1e-6 + 4 * torch.finfo(canonical.dtype).eps * max(1.0, float(x.abs().max()))
+        at_floor = (x <= floor + tolerance).all(dim=0)
         speech = (~at_floor).nonzero()
         return int(speech[-1]) + 1 if speech.numel() else int(x.shape[1])
 

@@ -6,12 +6,13 @@ r"""SPES against Captum baselines on one utterance: cost, faithfulness, compactn
 >>> report.print(); report.to_csv("comparison.csv"); fig, axes = report.plot()
 """
 from captum_spes.comparison.cli import add_compare_arguments, run_compare
-from captum_spes.comparison.core import DEFAULT_METHODS, METRICS, compare
+from captum_spes.comparison.core import DEFAULT_METHODS, METRICS, compare, prepare_context
 from captum_spes.comparison.methods import METHODS, SpeechOnlyForward, count_passes
 from captum_spes.comparison.report import COLUMNS, ComparisonReport, MethodResult
 
 __all__ = [
     "compare",
+    "prepare_context",
     "ComparisonReport",
     "MethodResult",
     "COLUMNS",

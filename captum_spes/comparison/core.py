@@ -18,7 +18,7 @@ from captum_spes.metrics.deletion import DecodeFn, deletion_curve, make_generate
 from captum_spes.metrics.plausibility import AlignmentLike, word_plausibility
 from captum_spes.metrics.size import size_curve
 
-__all__ = ["compare", "DEFAULT_METHODS", "METRICS"]
+__all__ = ["compare", "prepare_context", "DEFAULT_METHODS", "METRICS"]
 
 DEFAULT_METHODS = tuple(METHODS)
 METRICS = ("deletion", "insertion", "size", "plausibility")
@@ -50,6 +50,63 @@ def _check_names(values: Sequence[str], allowed: Sequence[str], what: str) -> li
     if unknown or not names or len(set(names)) != len(names):
         raise ValueError(f"{what} must be distinct names from {list(allowed)}, got {names}")
     return names
+
+
+def prepare_context(
+    wrapper: SpeechSeq2SeqWrapper,
+    features: Tensor,
+    *,
+    options: Dict[str, Any],
+    target: TargetType = None,
+    num_frames: Optional[int] = None,
+    baselines: BaselineSpec = None,
+    feature_mask: Union[None, str, MaskFamily] = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    prompt_ids: Optional[Sequence[int]] = None,
+    generate_kwargs: Optional[Dict[str, Any]] = None,
+) -> MethodContext:
+    r"""What every method of :func:`compare` shares for one utterance: the frozen hypothesis,
+    the speech frames, the baseline ``(n_mels, num_frames)`` and SPES's segmentation.
+
+    Args:
+        wrapper (SpeechSeq2SeqWrapper): model wrapper; its hypothesis is set here.
+        features (Tensor): one utterance in the model layout, e.g. ``(1, 80, 3000)``.
+        options (dict): the method budgets (``n_masks``, ``occlusion_window``, ``ig_steps``...).
+        target, num_frames, baselines, feature_mask, seed, batch_size, prompt_ids,
+            generate_kwargs: as in :func:`compare`.
+
+    Returns:
+        *MethodContext* for :func:`~captum_spes.comparison.methods.run_method`.
+    """
+    adapter = wrapper.adapter
+    adapter.check_input(features)
+    features = features.to(wrapper.device)
+    hypothesis = wrapper.set_hypothesis(features, target, prompt_ids=prompt_ids, generate_kwargs=generate_kwargs)
+    canonical_full = adapter.to_canonical(features)
+    total = int(canonical_full.shape[1])
+    if num_frames is None:
+        num_frames = adapter.speech_frames(features)
+    elif isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= total:
+        raise ValueError(f"num_frames must be an int in [1, {total}], got {num_frames!r}")
+    baseline, _ = resolve_baseline(baselines, canonical_full, num_frames, adapter)
+    baseline = baseline.to(canonical_full).expand(canonical_full.shape[0], num_frames)
+    family = resolve_mask_family(feature_mask)
+    # The same segmentation SPES computes (SLIC is deterministic), for FeatureAblation.
+    levels = family.segment(canonical_full[:, :num_frames].detach().float().cpu())
+    return MethodContext(
+        wrapper=wrapper,
+        features=features,
+        canonical_full=canonical_full,
+        num_frames=num_frames,
+        baseline=baseline,
+        hypothesis=hypothesis,
+        feature_mask=family,
+        levels=levels,
+        seed=seed,
+        batch_size=batch_size,
+        options=options,
+    )
 
 
 def compare(
@@ -164,32 +221,17 @@ def compare(
             "features must be one utterance in the model layout with batch 1, e.g. (1, 80, 3000); "
             f"got {getattr(features, 'shape', type(features).__name__)}"
         )
-    adapter = wrapper.adapter
-    adapter.check_input(features)
-    features = features.to(wrapper.device)
-    hypothesis = wrapper.set_hypothesis(features, target, prompt_ids=prompt_ids, generate_kwargs=generate_kwargs)
-    canonical_full = adapter.to_canonical(features)
-    total = int(canonical_full.shape[1])
-    if num_frames is None:
-        num_frames = adapter.speech_frames(features)
-    elif isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= total:
-        raise ValueError(f"num_frames must be an int in [1, {total}], got {num_frames!r}")
-    baseline, _ = resolve_baseline(baselines, canonical_full, num_frames, adapter)
-    baseline = baseline.to(canonical_full).expand(canonical_full.shape[0], num_frames)
-    family = resolve_mask_family(feature_mask)
-    # The same segmentation SPES computes (SLIC is deterministic), for FeatureAblation.
-    levels = family.segment(canonical_full[:, :num_frames].detach().float().cpu())
-    ctx = MethodContext(
-        wrapper=wrapper,
-        features=features,
-        canonical_full=canonical_full,
+    ctx = prepare_context(
+        wrapper,
+        features,
+        target=target,
         num_frames=num_frames,
-        baseline=baseline,
-        hypothesis=hypothesis,
-        feature_mask=family,
-        levels=levels,
+        baselines=baselines,
+        feature_mask=feature_mask,
         seed=seed,
         batch_size=batch_size,
+        prompt_ids=prompt_ids,
+        generate_kwargs=generate_kwargs,
         options={
             "n_masks": n_masks,
             "spes_kwargs": spes_kwargs,
@@ -200,6 +242,8 @@ def compare(
             "baselines": baselines,
         },
     )
+    features, hypothesis, num_frames = ctx.features, ctx.hypothesis, ctx.num_frames
+    family, levels, adapter = ctx.feature_mask, ctx.levels, wrapper.adapter
 
     rows = []
     for name in names:
