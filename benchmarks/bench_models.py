@@ -39,3 +39,12 @@ def clip_features(name: str = "librivox_0880", seconds: float = None) -> Tuple[T
 
 def fixed_target() -> list:
     return list(range(1000, 1000 + NUM_TOKENS))
+
+
+def plain_forwards(wrapper: nn.Module, features: Tensor, n_masks: int, batch: int) -> None:
+    """The unavoidable work: one clean pass plus ``n_masks`` perturbed passes, batched."""
+    with torch.inference_mode():
+        wrapper(features)
+        for start in range(0, n_masks, batch):
+            size = min(batch, n_masks - start)
+            wrapper(features.expand(size, -1, -1).clone())

@@ -23,8 +23,7 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
-from bench_models import clip_features, fixed_target, tiny_en_architecture
+from bench_models import clip_features, fixed_target, plain_forwards, tiny_en_architecture
 
 from captum_spes import SpeechSeq2SeqWrapper
 from captum_spes.comparison import prepare_context
@@ -72,10 +71,8 @@ def test_plain_forwards(benchmark, ctx):
     n = ctx.options["n_masks"]
 
     def forwards():
-        with torch.inference_mode(), count_passes(ctx.wrapper) as counts:
-            ctx.wrapper(ctx.features)
-            for start in range(0, n, BATCH):
-                ctx.wrapper(ctx.features.expand(min(BATCH, n - start), -1, -1).clone())
+        with count_passes(ctx.wrapper) as counts:
+            plain_forwards(ctx.wrapper, ctx.features, n, BATCH)
         return counts
 
     counts = benchmark.pedantic(_timed("plain", forwards), rounds=1, iterations=1)
@@ -87,7 +84,6 @@ def test_plain_forwards(benchmark, ctx):
 @pytest.mark.parametrize("method", ["spes", "occlusion", "integrated_gradients"])
 def test_method(benchmark, ctx, method):
     """One harness run of ``method``: maps (K + 1, 80, frames) for every explained token."""
-    ctx.wrapper.set_hypothesis(ctx.features, ctx.hypothesis)  # as compare() does between methods
     maps, info, counts = benchmark.pedantic(_timed(method, lambda: run_method(method, ctx)), rounds=1, iterations=1)
     settings = {k: v for k, v in info.items() if k in ("n_masks", "window", "strides", "windows", "n_steps")}
     _record(benchmark, method, ctx, counts, **settings)

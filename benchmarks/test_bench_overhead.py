@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 import torch
-from bench_models import clip_features, fixed_target, tiny_en_architecture
+from bench_models import clip_features, fixed_target, plain_forwards, tiny_en_architecture
 
 from captum_spes import SPES, SpeechSeq2SeqWrapper
 
@@ -32,19 +32,10 @@ def setup():
     return wrapper, features, frames
 
 
-def _plain_forwards(wrapper, features, n_masks, batch):
-    """The unavoidable work: one clean pass plus n_masks perturbed passes, batched."""
-    with torch.inference_mode():
-        wrapper(features)
-        for start in range(0, n_masks, batch):
-            size = min(batch, n_masks - start)
-            wrapper(features.expand(size, -1, -1).clone())
-
-
 @pytest.mark.benchmark(group="overhead")
 def test_plain_forwards(benchmark, setup):
     wrapper, features, _ = setup
-    benchmark.pedantic(_plain_forwards, args=(wrapper, features, N_MASKS, BATCH), rounds=2, warmup_rounds=1)
+    benchmark.pedantic(plain_forwards, args=(wrapper, features, N_MASKS, BATCH), rounds=2, warmup_rounds=1)
 
 
 def _spes_run(wrapper, features, frames, **kwargs):

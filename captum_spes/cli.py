@@ -153,6 +153,8 @@ def _load_model(name: str, device: str) -> Tuple[Any, Any]:
 
 def _check_outputs(out: Path, overwrite: bool) -> None:
     """Refuse before any work if an output file exists and ``overwrite`` is False."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a directory")
     if overwrite:
         return
     existing = [str(out / name) for name in _OUTPUT_FILES if (out / name).exists()]
@@ -165,8 +167,6 @@ def _check_outputs(out: Path, overwrite: bool) -> None:
             f"output file {existing[0]} already exists{more}; pass --overwrite to replace the "
             "outputs or choose another --out directory"
         )
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory")
 
 
 def _check_matplotlib() -> None:
@@ -190,9 +190,10 @@ class _Explained:
     files: List[Path]
 
 
-def _estimate_seconds(n_masks: int, n_token_masks: int, batch: int, batch_s: float, token_batch_s: float) -> float:
-    """Extrapolated attribution time from the measured per-batch times."""
-    return math.ceil(n_masks / batch) * batch_s + math.ceil(n_token_masks / batch) * token_batch_s
+def _estimate_seconds(n_masks: int, batch: int, batch_s: float, token_batch_s: float) -> float:
+    """Extrapolated attribution time from the measured per-batch times: ``n_masks``
+    spectrogram masks and as many decoupled token masks."""
+    return math.ceil(n_masks / batch) * (batch_s + token_batch_s)
 
 
 def _measure_batches(wrapper: Any, features: Any, batch: int) -> Tuple[float, float]:
@@ -261,7 +262,7 @@ def _explain_waveform(
     batch_s, token_s = _measure_batches(wrapper, features, batch_size)
     rule = _auto_rule() if n_masks == "auto" else None
     planned = rule.max_masks if rule is not None else n_masks
-    estimate = _estimate_seconds(planned, planned, batch_size, batch_s, token_s)
+    estimate = _estimate_seconds(planned, batch_size, batch_s, token_s)
     print(
         f"Estimated time: {'up to ' if rule is not None else ''}{_format_duration(estimate)} for "
         f"{'at most ' if rule is not None else ''}{planned} masks "
@@ -357,12 +358,12 @@ def _write_outputs(
             name = f"word_{index:02d}_{_slug(merged.tokens[index])}.wav"
             files.append(
                 write_salient_audio(
-                    result,
+                    merged,
                     waveform,
                     SAMPLING_RATE,
                     out / _LISTEN_DIR / name,
                     overwrite=overwrite,
-                    word=index,
+                    token=index,
                     top_percent=LISTEN_TOP_PERCENT,
                 )
             )
@@ -440,7 +441,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"Reference transcript: {sample.transcript}")
 
     def compare_with_paper(batch_s: float, token_s: float) -> None:
-        paper = _estimate_seconds(PAPER_N_MASKS, PAPER_N_MASKS, batch_size, batch_s, token_s)
+        paper = _estimate_seconds(PAPER_N_MASKS, batch_size, batch_s, token_s)
         print(
             f"Note: this demo uses {n_masks} masks; the method's published configuration uses {PAPER_N_MASKS:,} "
             f"masks, which would take {_format_duration(paper)} on this machine ({device}, "
@@ -575,14 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``captum-spes`` command line; returns the exit status."""
-    from captum_spes.audio import AudioError
-    from captum_spes.models import ModelLoadError
-
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
     try:
         return int(args.func(args) or 0)
-    except (AudioError, ModelLoadError, *_USER_ERRORS) as error:
+    except _USER_ERRORS as error:  # AudioError and ModelLoadError are ValueErrors
         print(_error_line(error), file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -20,12 +20,12 @@ import time
 import traceback
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from captum_spes import SPES, AdaptiveMasks, SLICMasks, SpeechSeq2SeqWrapper
-from captum_spes._utils.adaptive import split_half_top_overlap
+from captum_spes._utils.adaptive import split_half_top_overlap, split_half_utterance_overlap
 from captum_spes.comparison import compare
 from captum_spes.data import load_sample
 from captum_spes.metrics import deletion_curve, insertion_curve, make_generate_decoder, size_curve, word_plausibility
@@ -55,20 +55,14 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-def top_overlap(a: torch.Tensor, b: torch.Tensor, percent: float = 5.0) -> float:
-    """Share of the top ``percent`` % elements of ``b`` that are also in the top of ``a``."""
-    return split_half_top_overlap(a[None], b[None], percent)
-
-
 def agreement(result: Any, reference: Any) -> Dict[str, float]:
     """How close a map is to a reference map of the same utterance (same hypothesis)."""
-    norm, ref_norm = result.normalize(), reference.normalize()
-    tokens = result.num_tokens
+    maps, reference_maps = result.spectrogram_attr, reference.spectrogram_attr
     return {
-        "spearman_tokens": sum(spearman(a, b) for a, b in zip(result.spectrogram_attr, reference.spectrogram_attr)) / tokens,
-        "top5_tokens": split_half_top_overlap(result.spectrogram_attr, reference.spectrogram_attr, 5.0),
-        "spearman_utterance": spearman(norm.spectrogram_attr.mean(0), ref_norm.spectrogram_attr.mean(0)),
-        "top5_utterance": top_overlap(norm.spectrogram_attr.mean(0), ref_norm.spectrogram_attr.mean(0)),
+        "spearman_tokens": sum(spearman(a, b) for a, b in zip(maps, reference_maps)) / result.num_tokens,
+        "top5_tokens": split_half_top_overlap(maps, reference_maps, 5.0),
+        "spearman_utterance": spearman(result.utterance_map(), reference.utterance_map()),
+        "top5_utterance": split_half_utterance_overlap(maps, reference_maps, 5.0),
     }
 
 
@@ -87,16 +81,23 @@ class Study:
         self.step = args.step
         self.save_maps = args.save_maps
         self.deadline = time.monotonic() + args.deadline if args.deadline else None
+        self._samples: Dict[str, Any] = {}
         self._features: Dict[str, torch.Tensor] = {}
 
     def time_left(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - time.monotonic()
 
+    def sample(self, clip: str) -> Any:
+        """The bundled clip (audio, transcript, word alignment), read once."""
+        if clip not in self._samples:
+            self._samples[clip] = load_sample(clip)
+        return self._samples[clip]
+
     def features(self, clip: str) -> torch.Tensor:
         """``(1, 80, 3000)`` on the CPU; the explainer and the decoder move copies."""
         if clip not in self._features:
-            sample = load_sample(clip)
-            self._features[clip] = self.processor(sample.waveform, sampling_rate=16000, return_tensors="pt").input_features
+            waveform = self.sample(clip).waveform
+            self._features[clip] = self.processor(waveform, sampling_rate=16000, return_tensors="pt").input_features
         return self._features[clip]
 
     def explain(self, clip: str, n_masks: Any, seed: int, model: Optional[Any] = None, **kwargs: Any):
@@ -123,7 +124,7 @@ class Study:
             "insertion_wer_auc": insertion.auc,
             "size_auc": size_curve(results).spectrogram_auc,
         }
-        aligned = [(r, s.words) for r, s in zip(results, (load_sample(c) for c in clips)) if s.words]
+        aligned = [(r, s.words) for r, s in zip(results, (self.sample(c) for c in clips)) if s.words]
         if aligned:
             report = word_plausibility([a for a, _ in aligned], [w for _, w in aligned], tolerance=0.05)
             row.update(pointing=report.pointing_accuracy, pointing_chance=report.pointing_chance,
@@ -171,11 +172,7 @@ def run_convergence(study: Study, clip: str, reference_masks: int, budgets: List
             result.save(study.out / f"convergence_{clip}_{n}.safetensors", overwrite=True)
         rows.append({"n_masks": n, "seconds": seconds, **agreement(result, reference), **study.metrics([result], [clip])})
         print(json.dumps(rows[-1]), flush=True)
-    # One adaptive run that never stops early records both split-half statistics per round:
-    # the stopping point of any threshold can be read off its history.
-    rule = AdaptiveMasks(criterion="top_overlap", threshold=1.0, round_size=round_size,
-                         max_masks=max(budgets), min_masks=round_size)
-    result, seconds = study.explain(clip, rule, seed=1)
+    result, seconds = _full_history(study, clip, max(budgets), round_size)
     study.write(path.name, {
         "clip": clip, "device": str(study.device), "reference_masks": reference_masks,
         "reference_seconds": ref_seconds, "num_tokens": reference.num_tokens,
@@ -185,13 +182,19 @@ def run_convergence(study: Study, clip: str, reference_masks: int, budgets: List
     })
 
 
+def _full_history(study: Study, clip: str, max_masks: int, round_size: int) -> Tuple[Any, float]:
+    """An adaptive run (seed 1) that never stops early: its history holds every split-half
+    statistic after every round, so the stopping point of any threshold can be read off it."""
+    rule = AdaptiveMasks(threshold=1.0, round_size=round_size, max_masks=max_masks, min_masks=round_size)
+    return study.explain(clip, rule, seed=1)
+
+
 def run_history(study: Study, clip: str, max_masks: int, round_size: int) -> None:
-    """The split-half statistics after every round of an adaptive run that never stops early."""
+    """The split-half statistics after every round, on their own (no reference map)."""
     path = study.out / f"history_{clip}_{max_masks}_{round_size}.json"
     if path.exists():
         return
-    rule = AdaptiveMasks(threshold=1.0, round_size=round_size, max_masks=max_masks, min_masks=round_size)
-    result, seconds = study.explain(clip, rule, seed=1)
+    result, seconds = _full_history(study, clip, max_masks, round_size)
     study.write(path.name, {"clip": clip, "device": str(study.device), "num_tokens": result.num_tokens,
                             "seconds": seconds, "history": result.metadata["adaptive"]["history"]})
 
@@ -202,7 +205,7 @@ def run_compare(study: Study, clip: str, n_masks: int, ig_steps: int, window: Li
     path = study.out / f"compare_{clip}_{_key(n_masks, ig_steps, window, study.step, slic)}.json"
     if path.exists():
         return
-    sample = load_sample(clip)
+    sample = study.sample(clip)
     report = compare(
         study.wrapper, study.features(clip).to(study.device), n_masks=n_masks, ig_steps=ig_steps,
         occlusion_window=window, decode_fn=study.decode, levels_step=study.step,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 from types import SimpleNamespace
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pytest
 import torch
@@ -21,6 +21,19 @@ def require(module: str) -> object:
         if os.environ.get("CI"):
             pytest.fail(f"{module} must be installed in CI (pip install \"captum-spes[models,test]\").")
         pytest.skip(f"{module} is not installed")
+
+
+class WordTokenizer:
+    """Token id ``i`` decodes to the word ``" w<i>"``, so every token is one word; ids 98
+    and 99 (the tiny Whisper's start and end tokens) are special."""
+
+    special = {98, 99}
+
+    def decode(self, ids: List[int], skip_special_tokens: bool = False) -> str:
+        return "".join(f" w{i}" for i in ids if not (skip_special_tokens and i in self.special))
+
+    def batch_decode(self, sequences: Tensor, skip_special_tokens: bool = True) -> List[str]:
+        return [self.decode(s.tolist(), skip_special_tokens).strip() for s in sequences]
 
 
 def tiny_whisper(seed: int = 0, max_new_tokens: int = 6, vocab_size: int = 100, input_frames: int = 300) -> nn.Module:

@@ -23,22 +23,13 @@ from captum_spes.comparison import (
 )
 from captum_spes.comparison.methods import occlusion_windows
 from captum_spes.data import AlignedInterval
-from helpers import tiny_whisper, whisper_features
+from helpers import WordTokenizer, tiny_whisper, whisper_features
 
 NUM_FRAMES = 120
 N_MASKS = 6
 IG_STEPS = 3
 STEP = 10  # 11 deletion/insertion levels
 FAMILY = SLICMasks(n_segments=(100, 150))  # ~20 and ~30 segments on 120 frames: fast
-
-
-class WordTokenizer:
-    """Token id ``i`` decodes to the word ``" w<i>"``, so every token is one word."""
-
-    special = {98, 99}
-
-    def decode(self, ids: List[int], skip_special_tokens: bool = False) -> str:
-        return "".join(f" w{i}" for i in ids if not (skip_special_tokens and i in self.special))
 
 
 @pytest.fixture(autouse=True)

@@ -6,28 +6,16 @@ nothing here skips itself.
 """
 from __future__ import annotations
 
-from typing import List
-
 import pytest
 import torch
 
 from captum_spes import SPES, SLICMasks, SpeechSeq2SeqWrapper
 from captum_spes.comparison import DEFAULT_METHODS, compare
 from captum_spes.metrics import deletion_curve, make_generate_decoder
-from helpers import ToySpeechModel, tiny_whisper, toy_features, whisper_features
+from helpers import ToySpeechModel, WordTokenizer, tiny_whisper, toy_features, whisper_features
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NUM_FRAMES = 120
-
-
-class _IdTokenizer:
-    """Token id ``i`` decodes to the word ``"i"``; 98 and 99 are special."""
-
-    def decode(self, ids: List[int], skip_special_tokens: bool = False) -> str:
-        return "".join(f" w{i}" for i in ids if not (skip_special_tokens and i >= 98))
-
-    def batch_decode(self, sequences: torch.Tensor, skip_special_tokens: bool = True) -> List[str]:
-        return [self.decode(s.tolist(), skip_special_tokens).strip() for s in sequences]
 
 
 def _explain_toy(device: str, dtype: torch.dtype, per_eval: int = 8):
@@ -81,7 +69,7 @@ def test_deletion_redecodes_on_device(device):
     model = tiny_whisper(seed=2, max_new_tokens=5).to(device)  # seed 2 decodes a non-empty text
     features = whisper_features(num_frames=40)  # stays on the CPU: the decoder moves batches
     attribution = torch.rand(3, 80, 40, generator=torch.Generator().manual_seed(0))
-    curve = deletion_curve(attribution, features, make_generate_decoder(model, _IdTokenizer(), batch_size=2),
+    curve = deletion_curve(attribution, features, make_generate_decoder(model, WordTokenizer(), batch_size=2),
                            levels=[0, 50, 100])
     assert curve.references[0] != "" and curve.scores[0] == 0.0
     assert 0.0 <= float(curve.scores.min()) and float(curve.scores.max()) <= 100.0
@@ -92,10 +80,10 @@ def test_deletion_redecodes_on_device(device):
 def test_every_comparison_method_runs_on_device(device):
     model = tiny_whisper().to(device)
     features = whisper_features(NUM_FRAMES).to(device)
-    wrapper = SpeechSeq2SeqWrapper(model, _IdTokenizer())
+    wrapper = SpeechSeq2SeqWrapper(model, WordTokenizer())
     report = compare(
         wrapper, features, n_masks=6, feature_mask=SLICMasks(n_segments=(100, 150)),
-        decode_fn=make_generate_decoder(model, _IdTokenizer(), batch_size=8),
+        decode_fn=make_generate_decoder(model, WordTokenizer(), batch_size=8),
         levels_step=50, ig_steps=2, batch_size=4, seed=1,
     )
     assert report.methods == list(DEFAULT_METHODS)

@@ -6,7 +6,7 @@ from typing import List
 
 import pytest
 import torch
-from helpers import tiny_whisper, whisper_features
+from helpers import WordTokenizer, tiny_whisper, whisper_features
 
 from captum_spes import SPESResult, SpeechSeq2SeqWrapper
 from captum_spes.metrics import (
@@ -205,18 +205,11 @@ def test_errors_name_the_argument():
         deletion_curve(MAP, features(), lambda b: [""] * b.shape[0])
 
 
-class _IdTokenizer:
-    """Decodes ids as their numbers, skipping the tiny model's special ids (98, 99)."""
-
-    def batch_decode(self, sequences, skip_special_tokens=True):
-        return [" ".join(str(i) for i in s.tolist() if not (skip_special_tokens and i >= 98)) for s in sequences]
-
-
 def test_tiny_whisper_integration_is_deterministic():
     model = tiny_whisper(seed=2, max_new_tokens=5)  # seed 2 decodes a non-empty text
     x = whisper_features(num_frames=40)
     attribution = torch.rand(3, 80, 40, generator=torch.Generator().manual_seed(0))
-    generate = make_generate_decoder(model, _IdTokenizer(), batch_size=2)
+    generate = make_generate_decoder(model, WordTokenizer(), batch_size=2)
 
     def decode(batch: torch.Tensor) -> List[str]:
         assert torch.equal(batch[:, :, 40:], x[:, :, 40:].expand(batch.shape[0], -1, -1)), "padding changed"

@@ -373,10 +373,10 @@ class SPES(PerturbationAttribution):
         loop: Dict[str, Any],
     ) -> Tuple[List[int], Dict[str, Any]]:
         """Rounds alternate between two half accumulators. After every round from the second
-        on, both split-half statistics are computed (the reliability at segment resolution,
-        the top overlap on the element maps that ``finalize`` gives with the utterance's
-        labels, i.e. the final map's layout over the speech frames) and recorded; sampling
-        stops when the selected criterion reaches its threshold or the cap is hit."""
+        on, the three split-half statistics are computed (the reliability at segment
+        resolution, the overlaps on the element maps that ``finalize`` gives with the
+        utterance's labels, i.e. the final map's layout over the speech frames) and recorded;
+        sampling stops when the selected criterion reaches its threshold or the cap is hit."""
         utterance = loop["utterance"]
         device = utterance.speech.device
         halves = [SegmentAccumulator(spec_acc.numerators[0].shape[0], segments, device) for _ in range(2)]
@@ -412,9 +412,7 @@ class SPES(PerturbationAttribution):
                 if sum(used) >= adaptive.min_masks and statistics[adaptive.criterion] >= threshold:
                     break
         for half in halves:
-            for level in range(len(segments)):
-                spec_acc.numerators[level] += half.numerators[level]
-                spec_acc.counts[level] += half.counts[level]
+            spec_acc.merge(half)
         statistic = statistics[adaptive.criterion]
         info = {
             **adaptive.config(),

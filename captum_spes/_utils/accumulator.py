@@ -49,6 +49,11 @@ class SegmentAccumulator:
         self.numerators[level].addmm_(scores.to(torch.float64).T, flags)
         self.counts[level] += flags.sum(dim=0)
 
+    def merge(self, other: "SegmentAccumulator") -> None:
+        """Add another accumulator's sums (same targets and levels) to this one."""
+        for mine, theirs in zip(self.numerators + self.counts, other.numerators + other.counts):
+            mine += theirs
+
     def finalize(self, labels: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
         """Scatter the sums to elements and divide.
 

@@ -250,8 +250,6 @@ def compare(
         started = time.perf_counter()
         maps, info, counts = run_method(name, ctx)
         seconds = time.perf_counter() - started
-        # A method may have reset the hypothesis (SPES sets it again from the same object).
-        wrapper.set_hypothesis(features, hypothesis)
         rows.append(
             MethodResult(
                 method=name,

@@ -213,7 +213,7 @@ def _spes(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
 
 def _occlusion(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
     window, strides = _occlusion_window(ctx)
-    baseline = ctx.baseline.expand(ctx.speech.shape[1:])[None]
+    baseline = ctx.baseline[None]
     # target=None: the forward returns (1, K + 1), so one occlusion run attributes all tokens
     # and Captum returns (K + 1, n_mels, num_frames) (log-prob drop, initial - occluded).
     maps = Occlusion(ctx.forward()).attribute(
@@ -233,7 +233,7 @@ def _feature_ablation(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
     if not 0 <= level < len(ctx.levels):
         raise ValueError(f"ablation_level must be in [0, {len(ctx.levels)}), got {level}")
     labels = ctx.levels[level].labels.to(ctx.canonical_full.device)
-    baseline = ctx.baseline.expand(ctx.speech.shape[1:])[None]
+    baseline = ctx.baseline[None]
     maps = FeatureAblation(ctx.forward()).attribute(
         ctx.speech,
         baselines=baseline,
@@ -256,7 +256,7 @@ def _per_token_gradients(ctx: MethodContext, method: Any, **attribute_kwargs: An
 
 def _integrated_gradients(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
     n_steps = int(ctx.options.get("ig_steps", 16))
-    baseline = ctx.baseline.expand(ctx.speech.shape[1:])[None]
+    baseline = ctx.baseline[None]
     maps = _per_token_gradients(
         ctx,
         IntegratedGradients(ctx.forward()),

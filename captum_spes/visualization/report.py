@@ -279,9 +279,10 @@ def _listen_clips(
     from captum_spes.visualization.listen import salient_audio
 
     audio = _numpy(waveform).astype(np.float32).reshape(-1)
+    words = result.to_words()  # the raw maps merged once, not once per word
     clips = []
     for index, (start, end) in enumerate(spans[:-1]):
-        kept = salient_audio(result, audio, sampling_rate, word=index, top_percent=top_percent)
+        kept = salient_audio(words, audio, sampling_rate, token=index, top_percent=top_percent)
         first = max(0, int((start - margin) * sampling_rate))
         last = min(len(kept), int((end + margin) * sampling_rate))
         clips.append(_wav_data_uri(kept[first:last], sampling_rate))
