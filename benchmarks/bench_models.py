@@ -3,9 +3,8 @@
 Timings depend on the architecture, not on the weights, so the benchmarks need no weights
 package; a bundled real clip gives realistic features and length.
 """
-from __future__ import annotations
 
-from typing import Tuple
+from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
@@ -20,16 +19,25 @@ NUM_TOKENS = 20
 def tiny_en_architecture(seed: int = 0) -> nn.Module:
     """Whisper tiny.en dimensions (d 384, 4 + 4 layers, 6 heads, vocab 51 864)."""
     config = WhisperConfig(
-        vocab_size=51864, num_mel_bins=80, d_model=384, encoder_layers=4, decoder_layers=4,
-        encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=1536,
-        decoder_ffn_dim=1536, pad_token_id=50256, bos_token_id=50256, eos_token_id=50256,
+        vocab_size=51864,
+        num_mel_bins=80,
+        d_model=384,
+        encoder_layers=4,
+        decoder_layers=4,
+        encoder_attention_heads=6,
+        decoder_attention_heads=6,
+        encoder_ffn_dim=1536,
+        decoder_ffn_dim=1536,
+        pad_token_id=50256,
+        bos_token_id=50256,
+        eos_token_id=50256,
         decoder_start_token_id=50257,
     )
     torch.manual_seed(seed)
     return WhisperForConditionalGeneration(config).eval()
 
 
-def clip_features(name: str = "librivox_0880", seconds: float = None) -> Tuple[Tensor, int]:
+def clip_features(name: str = "librivox_0880", seconds: float = None) -> tuple[Tensor, int]:
     """``(1, 80, 3000)`` features of a bundled clip (optionally cut) and its speech frames."""
     sample = load_sample(name)
     waveform = sample.waveform if seconds is None else sample.waveform[: int(seconds * 16000)]

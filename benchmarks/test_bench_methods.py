@@ -12,12 +12,14 @@ non-overlapping windows of 20 mel bins x 25 frames (``occlusion_window=(20, 25)`
 ``compare()``; its default (16, 10) would give 150 windows and a 10 min file on 2 cores),
 which visit ``occlusion_windows(299, 80, (20, 25), (20, 25)) = 4 x 12 = 48`` windows on this
 clip (the 48 masks of ``test_bench_overhead.py``), and SPES gets N = that many masks, so both
-cost ``1 + N`` forward passes and yield all tokens' maps from one run. Integrated Gradients needs one call per token (``target=k``) with
+cost ``1 + N`` forward passes and yield all tokens' maps from one run. Integrated Gradients needs one call per
+token (``target=k``) with
 ``IG_STEPS`` steps, i.e. ``(K + 1) * IG_STEPS`` forward and backward passes. The plain
 baseline is ``1 + N`` batched forwards with no attribution; each method's time divided by it
 is stored as ``ratio_to_plain_forwards`` (measured in the same session, so meaningful on any
 machine). Pass counts come from :func:`~captum_spes.comparison.methods.count_passes`.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,7 +44,12 @@ def ctx():
     features, frames = clip_features()
     n_windows = occlusion_windows(frames, 80, WINDOW, WINDOW)
     return prepare_context(
-        wrapper, features, target=fixed_target(), prompt_ids=[50257, 50362], num_frames=frames, batch_size=BATCH,
+        wrapper,
+        features,
+        target=fixed_target(),
+        prompt_ids=[50257, 50362],
+        num_frames=frames,
+        batch_size=BATCH,
         options={"n_masks": n_windows, "occlusion_window": WINDOW, "occlusion_strides": None, "ig_steps": IG_STEPS},
     )
 
@@ -53,13 +60,16 @@ def _timed(name, fn):
         out = fn()
         _SECONDS[name] = time.perf_counter() - started
         return out
+
     return run
 
 
 def _record(benchmark, name, ctx, counts, **settings):
     benchmark.extra_info.update(
-        forward_passes=counts.forward, backward_passes=counts.backward,
-        tokens=ctx.hypothesis.num_explained, **settings,
+        forward_passes=counts.forward,
+        backward_passes=counts.backward,
+        tokens=ctx.hypothesis.num_explained,
+        **settings,
     )
     if "plain" in _SECONDS:
         benchmark.extra_info["ratio_to_plain_forwards"] = round(_SECONDS[name] / _SECONDS["plain"], 2)
@@ -89,6 +99,9 @@ def test_method(benchmark, ctx, method):
     _record(benchmark, method, ctx, counts, **settings)
     tokens = ctx.hypothesis.num_explained
     assert maps.shape == (tokens, 80, ctx.num_frames)
-    expected = {"spes": (ctx.options["n_masks"] + 1, 0), "occlusion": (info.get("windows", 0) + 1, 0),
-                "integrated_gradients": (tokens * IG_STEPS, tokens * IG_STEPS)}[method]
+    expected = {
+        "spes": (ctx.options["n_masks"] + 1, 0),
+        "occlusion": (info.get("windows", 0) + 1, 0),
+        "integrated_gradients": (tokens * IG_STEPS, tokens * IG_STEPS),
+    }[method]
     assert (counts.forward, counts.backward) == expected

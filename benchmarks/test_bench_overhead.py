@@ -4,6 +4,7 @@ Run: ``python -m pytest benchmarks -p no:cacheprovider --benchmark-only``. Both 
 the same process and session, so the ratio is meaningful on any machine; no wall-clock
 threshold is asserted.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,13 @@ def test_plain_forwards(benchmark, setup):
 def _spes_run(wrapper, features, frames, **kwargs):
     spes = SPES(wrapper)
     return lambda: spes.attribute(
-        features, target=fixed_target(), prompt_ids=[50257, 50362], n_masks=N_MASKS,
-        perturbations_per_eval=BATCH, num_frames=frames, **kwargs,
+        features,
+        target=fixed_target(),
+        prompt_ids=[50257, 50362],
+        n_masks=N_MASKS,
+        perturbations_per_eval=BATCH,
+        num_frames=frames,
+        **kwargs,
     )
 
 

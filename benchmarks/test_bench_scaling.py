@@ -4,12 +4,13 @@ Whisper always encodes 30 s, so the forward cost does not depend on the clip's l
 segmentation (SLIC, capped at 750 frames of scaling) and the final scatter do. Run:
 ``python -m pytest benchmarks/test_bench_scaling.py --benchmark-only``.
 """
+
 from __future__ import annotations
 
 import pytest
 from bench_models import clip_features, fixed_target, tiny_en_architecture
 
-from captum_spes import SLICMasks, SPES, SpeechSeq2SeqWrapper
+from captum_spes import SPES, SLICMasks, SpeechSeq2SeqWrapper
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,12 @@ def test_masks(benchmark, wrapper, n_masks):
     features, frames = clip_features()
     spes = SPES(wrapper)
     benchmark.pedantic(
-        lambda: spes.attribute(features, target=fixed_target(), prompt_ids=[50257, 50362], n_masks=n_masks,
-                               token_p=None, num_frames=frames), rounds=1, iterations=1)
+        lambda: spes.attribute(
+            features, target=fixed_target(), prompt_ids=[50257, 50362], n_masks=n_masks, token_p=None, num_frames=frames
+        ),
+        rounds=1,
+        iterations=1,
+    )
 
 
 @pytest.mark.benchmark(group="scaling-length")
@@ -33,8 +38,12 @@ def test_length(benchmark, wrapper, seconds):
     features, frames = clip_features("acoustic_corpus", seconds=seconds)
     spes = SPES(wrapper)
     benchmark.pedantic(
-        lambda: spes.attribute(features, target=fixed_target(), prompt_ids=[50257, 50362], n_masks=16,
-                               token_p=None, num_frames=frames), rounds=1, iterations=1)
+        lambda: spes.attribute(
+            features, target=fixed_target(), prompt_ids=[50257, 50362], n_masks=16, token_p=None, num_frames=frames
+        ),
+        rounds=1,
+        iterations=1,
+    )
 
 
 @pytest.mark.benchmark(group="segmentation")

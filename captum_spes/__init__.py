@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 r"""captum-spes: SPES token-level explanations of speech-to-text models, as a Captum method."""
+
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper
 from captum_spes._core.result import SPESResult
 from captum_spes._core.spes import SPES
-from captum_spes._utils.adaptive import AdaptiveMasks
 from captum_spes._utils.adapters import (
     ModelAdapter,
     Speech2TextAdapter,
@@ -12,6 +12,7 @@ from captum_spes._utils.adapters import (
     get_model_adapter,
     register_model_adapter,
 )
+from captum_spes._utils.adaptive import AdaptiveMasks
 from captum_spes._utils.impact import (
     IMPACT_MEASURES,
     kl_divergence,

@@ -1,4 +1,5 @@
 """``python -m captum_spes``: the ``captum-spes`` command line."""
+
 import sys
 
 from captum_spes.cli import main

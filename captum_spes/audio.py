@@ -46,9 +46,7 @@ TARGET_SAMPLING_RATE: int = 16000
 #: typical 16-bit recordings' noise floor: nothing there to attribute.
 SILENCE_PEAK_THRESHOLD: float = 1e-4
 
-_SUPPORTED_FORMATS_HINT = (
-    "WAV, FLAC, OGG/Vorbis, AIFF (and MP3 if your libsndfile is >= 1.1)"
-)
+_SUPPORTED_FORMATS_HINT = "WAV, FLAC, OGG/Vorbis, AIFF (and MP3 if your libsndfile is >= 1.1)"
 
 
 class AudioError(ValueError):
@@ -101,9 +99,7 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """
     for arg_name, rate in (("orig_sr", orig_sr), ("target_sr", target_sr)):
         if int(rate) != rate or rate <= 0:
-            raise AudioError(
-                f"{arg_name} must be a positive integer number of Hz, got {rate!r}."
-            )
+            raise AudioError(f"{arg_name} must be a positive integer number of Hz, got {rate!r}.")
     orig_sr, target_sr = int(orig_sr), int(target_sr)
     if orig_sr == target_sr:
         return np.asarray(waveform, dtype=np.float32)
@@ -112,9 +108,7 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     g = math.gcd(orig_sr, target_sr)
     from scipy.signal import resample_poly  # lazy: scipy import is slow
 
-    out = resample_poly(
-        np.asarray(waveform, dtype=np.float64), target_sr // g, orig_sr // g
-    )
+    out = resample_poly(np.asarray(waveform, dtype=np.float64), target_sr // g, orig_sr // g)
     return out.astype(np.float32)
 
 
@@ -134,8 +128,7 @@ def duration_seconds(waveform: np.ndarray, sampling_rate: int) -> float:
     """
     if sampling_rate <= 0:
         raise AudioError(
-            f"sampling_rate must be positive, got {sampling_rate!r}; "
-            f"pass the rate in Hz, e.g. {TARGET_SAMPLING_RATE}."
+            f"sampling_rate must be positive, got {sampling_rate!r}; pass the rate in Hz, e.g. {TARGET_SAMPLING_RATE}."
         )
     return float(np.shape(waveform)[0]) / float(sampling_rate)
 
@@ -176,9 +169,7 @@ def load_audio(
             f"resolved against the working directory '{Path.cwd()}')."
         )
     if p.is_dir():
-        raise AudioError(
-            f"audio path '{p}' is a directory; pass the path of an audio file."
-        )
+        raise AudioError(f"audio path '{p}' is a directory; pass the path of an audio file.")
     try:
         # always_2d gives (frames, channels) for every file, so mono and
         # multi-channel files go through the same mixing path.
@@ -194,10 +185,7 @@ def load_audio(
         ) from exc
 
     if data.shape[0] == 0:
-        raise AudioError(
-            f"audio file '{p}' contains no samples (0 frames); "
-            "pass a file with recorded audio."
-        )
+        raise AudioError(f"audio file '{p}' contains no samples (0 frames); pass a file with recorded audio.")
     if not np.all(np.isfinite(data)):
         # Float WAV/FLAC can store NaN/inf; they would poison every
         # downstream spectrogram and attribution silently.

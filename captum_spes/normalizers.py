@@ -9,9 +9,8 @@ evaluation of the reference applies the first, then the second (:func:`normalize
 Unlike the reference, degenerate rows (a single valid entry, a constant row, a zero range)
 give zeros instead of NaN.
 """
-from __future__ import annotations
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
 from torch import Tensor
@@ -19,7 +18,7 @@ from torch import Tensor
 __all__ = ["single_mean_std", "paired_min_max", "normalize_reference", "NORMALIZERS"]
 
 
-def _check(spectrogram_attr: Tensor, token_attr: Optional[Tensor], token_valid: Optional[Tensor]) -> None:
+def _check(spectrogram_attr: Tensor, token_attr: Tensor | None, token_valid: Tensor | None) -> None:
     if spectrogram_attr.dim() < 2:
         raise ValueError(
             "spectrogram_attr must have shape (num_tokens, ...) with at least 2 dimensions, "
@@ -34,12 +33,11 @@ def _check(spectrogram_attr: Tensor, token_attr: Optional[Tensor], token_valid: 
         )
     if token_valid is not None and token_valid.shape != token_attr.shape:
         raise ValueError(
-            f"token_valid must have the shape of token_attr {tuple(token_attr.shape)}, "
-            f"got {tuple(token_valid.shape)}"
+            f"token_valid must have the shape of token_attr {tuple(token_attr.shape)}, got {tuple(token_valid.shape)}"
         )
 
 
-def _valid_or_all(token_attr: Tensor, token_valid: Optional[Tensor]) -> Tensor:
+def _valid_or_all(token_attr: Tensor, token_valid: Tensor | None) -> Tensor:
     if token_valid is None:
         return torch.ones_like(token_attr, dtype=torch.bool)
     return token_valid.to(torch.bool)
@@ -62,9 +60,9 @@ def _zscore_rows(values: Tensor, valid: Tensor) -> Tensor:
 
 def single_mean_std(
     spectrogram_attr: Tensor,
-    token_attr: Optional[Tensor] = None,
-    token_valid: Optional[Tensor] = None,
-) -> Tuple[Tensor, Optional[Tensor]]:
+    token_attr: Tensor | None = None,
+    token_valid: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
     r"""Z-score every token row, separately for the spectrogram and the token map.
 
     Args:
@@ -91,9 +89,9 @@ def single_mean_std(
 
 def paired_min_max(
     spectrogram_attr: Tensor,
-    token_attr: Optional[Tensor] = None,
-    token_valid: Optional[Tensor] = None,
-) -> Tuple[Tensor, Optional[Tensor]]:
+    token_attr: Tensor | None = None,
+    token_valid: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
     r"""Min-max scale every token row jointly over its spectrogram row and valid token row.
 
     Both maps of a token then share one [0, 1] scale, so their magnitudes are comparable.
@@ -133,9 +131,9 @@ def paired_min_max(
 
 def normalize_reference(
     spectrogram_attr: Tensor,
-    token_attr: Optional[Tensor] = None,
-    token_valid: Optional[Tensor] = None,
-) -> Tuple[Tensor, Optional[Tensor]]:
+    token_attr: Tensor | None = None,
+    token_valid: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
     r"""The reference evaluation's normalisation: :func:`single_mean_std`, then
     :func:`paired_min_max`. Idempotent."""
     spec, tok = single_mean_std(spectrogram_attr, token_attr, token_valid)

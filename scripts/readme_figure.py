@@ -5,6 +5,7 @@
         --n-masks 200 --out /tmp/acoustic        # or SPES(...).attribute(...).save(...)
     python scripts/readme_figure.py /tmp/acoustic/explanation.safetensors
 """
+
 import sys
 
 import matplotlib
@@ -22,10 +23,16 @@ sample = load_sample("acoustic_corpus")
 features = WhisperFeatureExtractor()(sample.waveform, sampling_rate=16000, return_tensors="pt").input_features
 fig, axes = plt.subplots(2, 1, figsize=(11, 7.5))
 plot_word_saliency(
-    result, 3, features, normalize="single_mean_std", plt_fig_axis=(fig, axes[0]),
+    result,
+    3,
+    features,
+    normalize="single_mean_std",
+    plt_fig_axis=(fig, axes[0]),
     title=f'Whisper tiny.en, SPES ({result.metadata["n_masks"]} masks): the word "acoustic"',
 )
-plot_time_profile(result, sample.words, plt_fig_axis=(fig, axes[1]), title="Utterance time profile, MFA word alignment below")
+plot_time_profile(
+    result, sample.words, plt_fig_axis=(fig, axes[1]), title="Utterance time profile, MFA word alignment below"
+)
 for ax in axes:
     ax.set_xlim(0, 6)
 fig.subplots_adjust(hspace=0.45)

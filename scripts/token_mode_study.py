@@ -7,6 +7,7 @@ map of that budget is. Wall time is measured in the same process.
 
     python scripts/token_mode_study.py --clip librivox_0880 --n-masks 200
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,20 +44,25 @@ def main() -> None:
         for seed in (1, 2):
             started = time.perf_counter()
             result = spes.attribute(
-                features, n_masks=args.n_masks, token_masks=mode, seed=seed,
+                features,
+                n_masks=args.n_masks,
+                token_masks=mode,
+                seed=seed,
                 perturbations_per_eval=args.batch_size,
             )
             runs.append((result, time.perf_counter() - started))
         (a, ta), (b, tb) = runs
         valid = a.token_valid_mask()
-        rows.append({
-            "mode": mode,
-            "n_masks": args.n_masks,
-            "forward_passes": a.metadata["forward_passes"],
-            "seconds_per_run": round((ta + tb) / 2, 1),
-            "spectrogram_spearman": round(spearman(a.spectrogram_attr, b.spectrogram_attr), 4),
-            "token_spearman": round(spearman(a.token_attr[valid], b.token_attr[valid]), 4),
-        })
+        rows.append(
+            {
+                "mode": mode,
+                "n_masks": args.n_masks,
+                "forward_passes": a.metadata["forward_passes"],
+                "seconds_per_run": round((ta + tb) / 2, 1),
+                "spectrogram_spearman": round(spearman(a.spectrogram_attr, b.spectrogram_attr), 4),
+                "token_spearman": round(spearman(a.token_attr[valid], b.token_attr[valid]), 4),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         with open(args.out, "w") as handle:

@@ -1,10 +1,11 @@
 """Tiny models built locally for the tests (no weights are ever downloaded)."""
+
 from __future__ import annotations
 
 import importlib
 import os
 from types import SimpleNamespace
-from typing import Any, List, Optional, Tuple
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ def require(module: str) -> object:
         return importlib.import_module(module)
     except ImportError:
         if os.environ.get("CI"):
-            pytest.fail(f"{module} must be installed in CI (pip install \"captum-spes[models,test]\").")
+            pytest.fail(f'{module} must be installed in CI (pip install "captum-spes[models,test]").')
         pytest.skip(f"{module} is not installed")
 
 
@@ -29,10 +30,10 @@ class WordTokenizer:
 
     special = {98, 99}
 
-    def decode(self, ids: List[int], skip_special_tokens: bool = False) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return "".join(f" w{i}" for i in ids if not (skip_special_tokens and i in self.special))
 
-    def batch_decode(self, sequences: Tensor, skip_special_tokens: bool = True) -> List[str]:
+    def batch_decode(self, sequences: Tensor, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(s.tolist(), skip_special_tokens).strip() for s in sequences]
 
 
@@ -91,7 +92,7 @@ TOY_START, TOY_EOS, TOY_VOCAB = 4, 5, 6
 
 
 class _ToyEncoder(nn.Module):
-    def forward(self, input_features: Tensor, **_: Any) -> Tuple[Tensor]:
+    def forward(self, input_features: Tensor, **_: Any) -> tuple[Tensor]:
         means = [input_features[:, mels, frames].mean(dim=(1, 2)) for mels, frames in REGIONS]
         return (torch.stack(means, dim=1)[:, None, :],)  # (batch, 1, 3)
 
@@ -101,7 +102,9 @@ class _ToyDecoder(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(TOY_VOCAB, 4)
         with torch.no_grad():
-            self.embed_tokens.weight.copy_(torch.arange(TOY_VOCAB * 4, dtype=torch.float).reshape(TOY_VOCAB, 4) / 10 + 0.1)
+            self.embed_tokens.weight.copy_(
+                torch.arange(TOY_VOCAB * 4, dtype=torch.float).reshape(TOY_VOCAB, 4) / 10 + 0.1
+            )
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embed_tokens
@@ -131,9 +134,9 @@ class ToySpeechModel(nn.Module):
 
     def forward(
         self,
-        input_features: Optional[Tensor] = None,
-        encoder_outputs: Optional[Any] = None,
-        decoder_input_ids: Optional[Tensor] = None,
+        input_features: Tensor | None = None,
+        encoder_outputs: Any | None = None,
+        decoder_input_ids: Tensor | None = None,
         **_: Any,
     ) -> SimpleNamespace:
         if encoder_outputs is None:

@@ -1,4 +1,5 @@
 """The streaming SPES estimator equals a naive per-mask computation (spectrogram and tokens)."""
+
 import pytest
 import torch
 from helpers import tiny_whisper, whisper_features

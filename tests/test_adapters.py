@@ -1,4 +1,5 @@
 """Model adapters: layouts and Whisper's speech-frame detection."""
+
 import pytest
 import torch
 from helpers import tiny_whisper

@@ -1,4 +1,5 @@
 """Adaptive number of masks: split-half statistics and the stopping rule."""
+
 import math
 
 import pytest

@@ -30,9 +30,7 @@ def _peak_freq(x: np.ndarray, sr: int) -> float:
 
 
 @pytest.mark.parametrize("file_sr", [44100, 8000, 16000, 48000, 22050])
-def test_resamples_to_expected_length_and_keeps_frequency(
-    tmp_path: Path, file_sr: int
-) -> None:
+def test_resamples_to_expected_length_and_keeps_frequency(tmp_path: Path, file_sr: int) -> None:
     seconds, freq = 1.5, 440.0
     path = tmp_path / f"sine_{file_sr}.wav"
     sf.write(path, _sine(freq, file_sr, seconds), file_sr, subtype="PCM_16")
@@ -134,13 +132,11 @@ def test_silent_file(tmp_path: Path) -> None:
 
 def test_near_silent_threshold(tmp_path: Path) -> None:
     quiet = tmp_path / "quiet.wav"
-    sf.write(quiet, _sine(440.0, 16000, 0.5, amp=SILENCE_PEAK_THRESHOLD / 4), 16000,
-             subtype="FLOAT")
+    sf.write(quiet, _sine(440.0, 16000, 0.5, amp=SILENCE_PEAK_THRESHOLD / 4), 16000, subtype="FLOAT")
     with pytest.raises(AudioError, match="silent"):
         load_audio(quiet)
     audible = tmp_path / "audible.wav"
-    sf.write(audible, _sine(440.0, 16000, 0.5, amp=SILENCE_PEAK_THRESHOLD * 10), 16000,
-             subtype="FLOAT")
+    sf.write(audible, _sine(440.0, 16000, 0.5, amp=SILENCE_PEAK_THRESHOLD * 10), 16000, subtype="FLOAT")
     assert load_audio(audible).shape == (8000,)
 
 

@@ -4,6 +4,7 @@ Most tests inject a tiny random Whisper through :data:`captum_spes.cli.MODEL_FAC
 the ``real_model`` tests run the embedded tiny.en end to end (in-process and through the
 installed console script).
 """
+
 from __future__ import annotations
 
 import os
@@ -11,15 +12,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from captum_spes import SPESResult
-from captum_spes import cli
+from captum_spes import SPESResult, cli
 from captum_spes.data import load_sample
 
 TINY = "test-tiny-random-whisper"
@@ -29,7 +29,7 @@ VOCAB = 60
 class _WordTokenizer:
     """Decodes every id as its own word (`` w<id>``): enough for the wrapper and plots."""
 
-    def decode(self, ids: List[int], skip_special_tokens: bool = False) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return "".join(f" w{int(i)}" for i in ids)
 
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
@@ -49,15 +49,27 @@ class _TinyProcessor:
         return self.feature_extractor(audio, **kwargs)
 
 
-def _tiny_factory(device: str) -> Tuple[Any, Any]:
+def _tiny_factory(device: str) -> tuple[Any, Any]:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     config = WhisperConfig(
-        vocab_size=VOCAB, num_mel_bins=80, d_model=16, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        max_source_positions=1500, max_target_positions=32, pad_token_id=VOCAB - 1,
-        bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, decoder_start_token_id=VOCAB - 2,
-        suppress_tokens=None, begin_suppress_tokens=None,
+        vocab_size=VOCAB,
+        num_mel_bins=80,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_source_positions=1500,
+        max_target_positions=32,
+        pad_token_id=VOCAB - 1,
+        bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+        decoder_start_token_id=VOCAB - 2,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
     )
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(config).eval().to(device)
@@ -78,7 +90,7 @@ def clip() -> Path:
     return load_sample("librivox_0880").path
 
 
-def _run(capsys: pytest.CaptureFixture, argv: List[str]) -> Tuple[int, str, str]:
+def _run(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int, str, str]:
     code = cli.main(argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -117,7 +129,7 @@ def _check_outputs(out: Path, *, listen: bool = False) -> SPESResult:
 
 # ----- pipeline with a tiny random Whisper --------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_run(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, str, str]:
+def tiny_run(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     """One ``explain --listen`` run with the tiny random model, shared by several tests."""
     out = tmp_path_factory.mktemp("cli") / "out"
     with pytest.MonkeyPatch.context() as patch:
@@ -127,13 +139,26 @@ def tiny_run(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path
 
         stdout, stderr = StringIO(), StringIO()
         with redirect_stdout(stdout), redirect_stderr(stderr):
-            code = cli.main(["explain", str(clip), "--model", TINY, "--n-masks", "6", "--batch-size", "3",
-                             "--out", str(out), "--listen"])
+            code = cli.main(
+                [
+                    "explain",
+                    str(clip),
+                    "--model",
+                    TINY,
+                    "--n-masks",
+                    "6",
+                    "--batch-size",
+                    "3",
+                    "--out",
+                    str(out),
+                    "--listen",
+                ]
+            )
     assert code == 0, stderr.getvalue()
     return out, stdout.getvalue(), stderr.getvalue()
 
 
-def test_explain_tiny_model_writes_everything(tiny_run: Tuple[Path, str, str]) -> None:
+def test_explain_tiny_model_writes_everything(tiny_run: tuple[Path, str, str]) -> None:
     out, stdout, err = tiny_run
     assert "Transcript: w" in stdout
     assert "Estimated time: ~" in stdout and "for 6 masks (measured" in stdout and "per batch of 3" in stdout
@@ -157,8 +182,9 @@ def test_explain_refuses_then_overwrites_with_target(tiny_model: str, clip: Path
 
 def test_demo_tiny_model(tiny_model: str, tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
-    code, stdout, err = _run(capsys, ["demo", "--model", tiny_model, "--n-masks", "4", "--batch-size", "4",
-                                      "--out", str(out)])
+    code, stdout, err = _run(
+        capsys, ["demo", "--model", tiny_model, "--n-masks", "4", "--batch-size", "4", "--out", str(out)]
+    )
     assert code == 0, err
     assert "this demo uses 4 masks; the method's published configuration uses 20,000 masks" in stdout
     assert "20 000 masks in 24-27 s per utterance on an NVIDIA H200" in stdout
@@ -166,15 +192,18 @@ def test_demo_tiny_model(tiny_model: str, tmp_path: Path, capsys) -> None:
     _check_outputs(out)
 
 
-def test_explain_auto_masks_reports_the_stop(tiny_model: str, clip: Path, tmp_path: Path, capsys,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explain_auto_masks_reports_the_stop(
+    tiny_model: str, clip: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from captum_spes import AdaptiveMasks
 
     # The random model's maps are noise, so a reachable threshold keeps the run short.
     monkeypatch.setattr(cli, "AUTO_RULE", AdaptiveMasks(threshold=0.01, round_size=4, max_masks=40, min_masks=8))
     out = tmp_path / "auto"
-    code, stdout, err = _run(capsys, ["explain", str(clip), "--model", tiny_model, "--n-masks", "auto",
-                                      "--batch-size", "4", "--out", str(out)])
+    code, stdout, err = _run(
+        capsys,
+        ["explain", str(clip), "--model", tiny_model, "--n-masks", "auto", "--batch-size", "4", "--out", str(out)],
+    )
     assert code == 0, err
     assert "Estimated time: up to ~" in stdout and "for at most 40 masks" in stdout
     assert "rounds of 4 masks until the split-half utterance_top_overlap reaches 0.01" in stdout
@@ -195,8 +224,18 @@ def test_bad_n_masks_word(clip: Path, capsys) -> None:
 def test_info(capsys) -> None:
     code, stdout, _ = _run(capsys, ["info"])
     assert code == 0
-    for needle in ("captum-spes", "captum", "torch", "transformers", "numpy", "python",
-                   "Device:", "Threads:", "tiny.en", "base"):
+    for needle in (
+        "captum-spes",
+        "captum",
+        "torch",
+        "transformers",
+        "numpy",
+        "python",
+        "Device:",
+        "Threads:",
+        "tiny.en",
+        "base",
+    ):
         assert needle in stdout
 
 
@@ -213,8 +252,9 @@ def test_module_entry_point(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
 
 # ----- errors: one line, non-zero exit, no traceback ----------------------------------
 def test_missing_file(tiny_model: str, tmp_path: Path, capsys) -> None:
-    code, _, err = _run(capsys, ["explain", str(tmp_path / "nope.wav"), "--model", tiny_model,
-                                 "--out", str(tmp_path / "o")])
+    code, _, err = _run(
+        capsys, ["explain", str(tmp_path / "nope.wav"), "--model", tiny_model, "--out", str(tmp_path / "o")]
+    )
     _assert_one_line_error(code, err, "not found")
 
 
@@ -243,8 +283,9 @@ def test_audio_longer_than_whisper_window(tiny_model: str, tmp_path: Path, capsy
 
 @pytest.mark.parametrize("option,value", [("--n-masks", "0"), ("--n-masks", "-1"), ("--batch-size", "0")])
 def test_bad_counts(tiny_model: str, clip: Path, tmp_path: Path, capsys, option: str, value: str) -> None:
-    code, _, err = _run(capsys, ["explain", str(clip), "--model", tiny_model, option, value,
-                                 "--out", str(tmp_path / "o")])
+    code, _, err = _run(
+        capsys, ["explain", str(clip), "--model", tiny_model, option, value, "--out", str(tmp_path / "o")]
+    )
     _assert_one_line_error(code, err, option, "positive")
 
 
@@ -254,18 +295,20 @@ def test_unknown_model(clip: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_missing_model_folder(clip: Path, tmp_path: Path, capsys) -> None:
-    code, _, err = _run(capsys, ["explain", str(clip), "--model", str(tmp_path / "missing"),
-                                 "--out", str(tmp_path / "o")])
+    code, _, err = _run(
+        capsys, ["explain", str(clip), "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]
+    )
     _assert_one_line_error(code, err)
 
 
-def test_existing_output_refused_before_work(tiny_model: str, clip: Path, tmp_path: Path, capsys,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_existing_output_refused_before_work(
+    tiny_model: str, clip: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "o"
     out.mkdir()
     (out / "report.html").write_text("keep me")
 
-    def fail(device: str) -> Tuple[Any, Any]:
+    def fail(device: str) -> tuple[Any, Any]:
         raise AssertionError("the model must not be loaded when outputs exist")
 
     monkeypatch.setitem(cli.MODEL_FACTORIES, TINY, fail)
@@ -284,15 +327,29 @@ def test_out_is_a_file(tiny_model: str, clip: Path, tmp_path: Path, capsys) -> N
 def test_cuda_unavailable(tiny_model: str, clip: Path, tmp_path: Path, capsys) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    code, _, err = _run(capsys, ["explain", str(clip), "--model", tiny_model, "--device", "cuda",
-                                 "--out", str(tmp_path / "o")])
+    code, _, err = _run(
+        capsys, ["explain", str(clip), "--model", tiny_model, "--device", "cuda", "--out", str(tmp_path / "o")]
+    )
     _assert_one_line_error(code, err, "CUDA")
 
 
 def test_english_only_model_rejects_language(tiny_model: str, clip: Path, tmp_path: Path, capsys) -> None:
     # The random model has no language tokens: the library's ValueError becomes one line.
-    code, _, err = _run(capsys, ["explain", str(clip), "--model", tiny_model, "--language", "sv",
-                                 "--n-masks", "2", "--out", str(tmp_path / "o")])
+    code, _, err = _run(
+        capsys,
+        [
+            "explain",
+            str(clip),
+            "--model",
+            tiny_model,
+            "--language",
+            "sv",
+            "--n-masks",
+            "2",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     _assert_one_line_error(code, err)
 
 
@@ -321,8 +378,7 @@ def _require_tiny_en() -> None:
 def test_explain_real_tiny_en_in_process(clip: Path, tmp_path: Path, capsys) -> None:
     _require_tiny_en()
     out = tmp_path / "real"
-    code, stdout, err = _run(capsys, ["explain", str(clip), "--n-masks", "6", "--batch-size", "6",
-                                      "--out", str(out)])
+    code, stdout, err = _run(capsys, ["explain", str(clip), "--n-masks", "6", "--batch-size", "6", "--out", str(out)])
     assert code == 0, err
     transcript = next(line for line in stdout.splitlines() if line.startswith("Transcript: "))
     assert "young man" in transcript.lower()
@@ -339,8 +395,12 @@ def test_explain_real_tiny_en_console_script(clip: Path, tmp_path: Path) -> None
     if not Path(script).exists():
         pytest.fail("the captum-spes console script is not installed (pip install -e .)")
     out = tmp_path / "script"
-    proc = subprocess.run([script, "explain", str(clip), "--n-masks", "6", "--batch-size", "6",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [script, "explain", str(clip), "--n-masks", "6", "--batch-size", "6", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Transcript: " in proc.stdout and "Estimated time: ~" in proc.stdout
     assert "Traceback" not in proc.stderr

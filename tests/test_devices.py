@@ -4,15 +4,16 @@ The device list is built when the tests are collected: CPU always, CUDA where a 
 present. A GPU machine therefore runs the CUDA cases and CPU-only CI has none to run, so
 nothing here skips itself.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ToySpeechModel, WordTokenizer, tiny_whisper, toy_features, whisper_features
 
 from captum_spes import SPES, SLICMasks, SpeechSeq2SeqWrapper
 from captum_spes.comparison import DEFAULT_METHODS, compare
 from captum_spes.metrics import deletion_curve, make_generate_decoder
-from helpers import ToySpeechModel, WordTokenizer, tiny_whisper, toy_features, whisper_features
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NUM_FRAMES = 120
@@ -22,7 +23,10 @@ def _explain_toy(device: str, dtype: torch.dtype, per_eval: int = 8):
     # The toy's effects are large by construction (a random tiny Whisper's KLs are ~1e-7,
     # below half-precision rounding), so differences here are differences of arithmetic.
     return SPES(SpeechSeq2SeqWrapper(ToySpeechModel().to(device=device, dtype=dtype))).attribute(
-        toy_features().to(device=device, dtype=dtype), n_masks=16, seed=5, perturbations_per_eval=per_eval,
+        toy_features().to(device=device, dtype=dtype),
+        n_masks=16,
+        seed=5,
+        perturbations_per_eval=per_eval,
         feature_mask="element",
     )
 
@@ -69,8 +73,9 @@ def test_deletion_redecodes_on_device(device):
     model = tiny_whisper(seed=2, max_new_tokens=5).to(device)  # seed 2 decodes a non-empty text
     features = whisper_features(num_frames=40)  # stays on the CPU: the decoder moves batches
     attribution = torch.rand(3, 80, 40, generator=torch.Generator().manual_seed(0))
-    curve = deletion_curve(attribution, features, make_generate_decoder(model, WordTokenizer(), batch_size=2),
-                           levels=[0, 50, 100])
+    curve = deletion_curve(
+        attribution, features, make_generate_decoder(model, WordTokenizer(), batch_size=2), levels=[0, 50, 100]
+    )
     assert curve.references[0] != "" and curve.scores[0] == 0.0
     assert 0.0 <= float(curve.scores.min()) and float(curve.scores.max()) <= 100.0
     assert curve.num_replaced.tolist() == [[0, 1600, 3200]]
@@ -82,9 +87,15 @@ def test_every_comparison_method_runs_on_device(device):
     features = whisper_features(NUM_FRAMES).to(device)
     wrapper = SpeechSeq2SeqWrapper(model, WordTokenizer())
     report = compare(
-        wrapper, features, n_masks=6, feature_mask=SLICMasks(n_segments=(100, 150)),
+        wrapper,
+        features,
+        n_masks=6,
+        feature_mask=SLICMasks(n_segments=(100, 150)),
         decode_fn=make_generate_decoder(model, WordTokenizer(), batch_size=8),
-        levels_step=50, ig_steps=2, batch_size=4, seed=1,
+        levels_step=50,
+        ig_steps=2,
+        batch_size=4,
+        seed=1,
     )
     assert report.methods == list(DEFAULT_METHODS)
     for row in report.rows:

@@ -1,4 +1,5 @@
 """SpeechSeq2SeqWrapper: hypotheses, teacher forcing, token zeroing, and Captum methods on it."""
+
 import pytest
 import torch
 from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, Occlusion, Saliency

@@ -1,4 +1,5 @@
 """Impact measures: KL divergence numerics, probability drop, registry."""
+
 import pytest
 import torch
 import torch.nn.functional as F

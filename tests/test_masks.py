@@ -1,4 +1,5 @@
 """Mask families: SLIC segment counts and orientation, grid families, custom ids, registry."""
+
 import pytest
 import torch
 

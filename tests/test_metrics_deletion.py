@@ -1,14 +1,14 @@
 """Deletion / insertion curves with hand-computed rankings, curves and AUCs."""
+
 from __future__ import annotations
 
 import math
-from typing import List
 
 import pytest
 import torch
 from helpers import WordTokenizer, tiny_whisper, whisper_features
 
-from captum_spes import SPESResult, SpeechSeq2SeqWrapper
+from captum_spes import SpeechSeq2SeqWrapper, SPESResult
 from captum_spes.metrics import (
     corpus_wer,
     deletion_curve,
@@ -33,11 +33,11 @@ def features(pad: float = PAD) -> torch.Tensor:
     return x
 
 
-def make_decoder(seen: List[torch.Tensor]):
+def make_decoder(seen: list[torch.Tensor]):
     """Word i of utterance 1 becomes "x" when flat speech element i was set to 0; an input with
     padding 8 is utterance 2, whose text "p q" never changes."""
 
-    def decode(batch: torch.Tensor) -> List[str]:
+    def decode(batch: torch.Tensor) -> list[str]:
         seen.append(batch.clone())
         texts = []
         for x in batch:
@@ -84,7 +84,7 @@ def test_masks_by_hand():
 
 
 def test_deletion_curve_known_answer():
-    seen: List[torch.Tensor] = []
+    seen: list[torch.Tensor] = []
     curve = deletion_curve(MAP, features(), make_decoder(seen), step=25, baselines=0.0, metric="wer")
     expected = [0.0, 100 / 6, 50.0, 400 / 6, 100.0]
     assert curve.scores.tolist() == pytest.approx(expected)
@@ -109,7 +109,7 @@ def test_insertion_curve_known_answer():
 
 
 def test_corpus_level_over_utterances_and_batches():
-    seen: List[torch.Tensor] = []
+    seen: list[torch.Tensor] = []
     curve = deletion_curve(
         [MAP, MAP], [features(), features(8.0)], make_decoder(seen), step=25, baselines=0.0, metric="wer", batch_size=4
     )
@@ -120,7 +120,7 @@ def test_corpus_level_over_utterances_and_batches():
 
 
 def test_default_baseline_is_channel_mean_and_padding_kept():
-    seen: List[torch.Tensor] = []
+    seen: list[torch.Tensor] = []
     deletion_curve(MAP, features(), make_decoder(seen), levels=[100], metric="wer")
     last = seen[0][-1]
     assert last[:, :3].tolist() == [[2.0] * 3, [5.0] * 3]
@@ -128,7 +128,7 @@ def test_default_baseline_is_channel_mean_and_padding_kept():
 
 
 def test_wer_clipping_and_bleu_direction():
-    def hallucinate(batch: torch.Tensor) -> List[str]:
+    def hallucinate(batch: torch.Tensor) -> list[str]:
         zeros = [(x[:, :3] == 0).sum().item() for x in batch]
         return ["a b c d e f" if z == 0 else "x " * 14 for z in zeros]
 
@@ -144,7 +144,10 @@ def test_wer_clipping_and_bleu_direction():
     assert bleu.scores[0] == pytest.approx(100.0) and bleu.scores[-1] == pytest.approx(0.0)
     assert bleu.scores[1] < bleu.scores[0]
     assert bleu.direction == "lower_is_more_faithful"
-    assert insertion_curve(MAP, features(), make_decoder([]), step=50, metric="bleu").direction == "higher_is_more_faithful"
+    assert (
+        insertion_curve(MAP, features(), make_decoder([]), step=50, metric="bleu").direction
+        == "higher_is_more_faithful"
+    )
 
 
 def test_ranking_map_sources_and_token_index():
@@ -163,8 +166,10 @@ def test_ranking_map_sources_and_token_index():
     )
     assert torch.allclose(ranking_map(result), result.utterance_map())
     assert torch.allclose(ranking_map(result, token_index=0), result.normalize().spectrogram_attr[0])
-    seen: List[torch.Tensor] = []
-    curve = deletion_curve(per_token, features(), make_decoder(seen), levels=[0, 50], token_index=1, normalize=None, baselines=0.0)
+    seen: list[torch.Tensor] = []
+    curve = deletion_curve(
+        per_token, features(), make_decoder(seen), levels=[0, 50], token_index=1, normalize=None, baselines=0.0
+    )
     # The flipped map [[.5, .1, .9], [.2, .7, .3]] ranks flat indices 2, 4, 0 first.
     assert curve.hypotheses[0][1] == "x b x d x f" and curve.settings["ranking"] == "token 1"
 
@@ -211,7 +216,7 @@ def test_tiny_whisper_integration_is_deterministic():
     attribution = torch.rand(3, 80, 40, generator=torch.Generator().manual_seed(0))
     generate = make_generate_decoder(model, WordTokenizer(), batch_size=2)
 
-    def decode(batch: torch.Tensor) -> List[str]:
+    def decode(batch: torch.Tensor) -> list[str]:
         assert torch.equal(batch[:, :, 40:], x[:, :, 40:].expand(batch.shape[0], -1, -1)), "padding changed"
         return generate(batch)
 

@@ -1,4 +1,5 @@
 """Plausibility on maps whose saliency mass per aligned span is known."""
+
 from __future__ import annotations
 
 import pytest

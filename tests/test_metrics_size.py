@@ -1,4 +1,5 @@
 """Size (compactness) AUC on hand-made maps."""
+
 from __future__ import annotations
 
 import pytest

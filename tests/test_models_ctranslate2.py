@@ -6,16 +6,17 @@ writer defined below (independent of the reader, named like ctranslate2's conver
 and load it back. Real-model tests (``real_model``) use the ``[models]`` extra and
 compare against the ``ctranslate2`` package itself.
 """
+
 import hashlib
 import json
 import re
 import struct
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import pytest
 import torch
+from helpers import require  # noqa: E402,F401 (re-exported to test_models_embedded)
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 import captum_spes
@@ -25,13 +26,9 @@ from captum_spes.models.ctranslate2 import (
     parse_model_bin,
     whisper_generation_config,
 )
-from helpers import require  # noqa: E402,F401 (re-exported to test_models_embedded)
 
 JFK_WAV = Path(captum_spes.__file__).parent / "data" / "samples" / "jfk" / "jfk.wav"
-JFK_TEXT = (
-    "And so my fellow Americans, ask not what your country can do for you, "
-    "ask what you can do for your country."
-)
+JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 
 # --------------------------------------------------------------------------- writer
 
@@ -61,13 +58,13 @@ def tiny_whisper(seed: int = 0) -> WhisperForConditionalGeneration:
     return model
 
 
-def _ct2_variables(model: WhisperForConditionalGeneration, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
+def _ct2_variables(model: WhisperForConditionalGeneration, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     r"""HF state dict -> CTranslate2 WhisperSpec variables (what ctranslate2's converter writes)."""
     sd = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
     cfg = model.config
-    out: Dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
 
-    def linear(dst: str, *srcs: str, zero_bias_for: Tuple[int, ...] = ()) -> None:
+    def linear(dst: str, *srcs: str, zero_bias_for: tuple[int, ...] = ()) -> None:
         out[dst + "/weight"] = torch.cat([sd[s + ".weight"] for s in srcs])
         biases = [
             torch.zeros(sd[s + ".weight"].shape[0], dtype=dtype) if i in zero_bias_for else sd[s + ".bias"]
@@ -81,18 +78,23 @@ def _ct2_variables(model: WhisperForConditionalGeneration, dtype: torch.dtype) -
     for side in ("encoder", "decoder"):
         hf = f"model.{side}"
         for i in range(getattr(cfg, f"{side}_layers")):
-            ct, l = f"{side}/layer_{i}", f"{hf}.layers.{i}"
-            linear(f"{ct}/self_attention/linear_0", *(f"{l}.self_attn.{p}_proj" for p in "qkv"), zero_bias_for=(1,))
-            linear(f"{ct}/self_attention/linear_1", f"{l}.self_attn.out_proj")
-            norm(f"{ct}/self_attention/layer_norm", f"{l}.self_attn_layer_norm")
+            ct, hl = f"{side}/layer_{i}", f"{hf}.layers.{i}"
+            linear(f"{ct}/self_attention/linear_0", *(f"{hl}.self_attn.{p}_proj" for p in "qkv"), zero_bias_for=(1,))
+            linear(f"{ct}/self_attention/linear_1", f"{hl}.self_attn.out_proj")
+            norm(f"{ct}/self_attention/layer_norm", f"{hl}.self_attn_layer_norm")
             if side == "decoder":
-                linear(f"{ct}/attention/linear_0", f"{l}.encoder_attn.q_proj")
-                linear(f"{ct}/attention/linear_1", f"{l}.encoder_attn.k_proj", f"{l}.encoder_attn.v_proj", zero_bias_for=(0,))
-                linear(f"{ct}/attention/linear_2", f"{l}.encoder_attn.out_proj")
-                norm(f"{ct}/attention/layer_norm", f"{l}.encoder_attn_layer_norm")
-            linear(f"{ct}/ffn/linear_0", f"{l}.fc1")
-            linear(f"{ct}/ffn/linear_1", f"{l}.fc2")
-            norm(f"{ct}/ffn/layer_norm", f"{l}.final_layer_norm")
+                linear(f"{ct}/attention/linear_0", f"{hl}.encoder_attn.q_proj")
+                linear(
+                    f"{ct}/attention/linear_1",
+                    f"{hl}.encoder_attn.k_proj",
+                    f"{hl}.encoder_attn.v_proj",
+                    zero_bias_for=(0,),
+                )
+                linear(f"{ct}/attention/linear_2", f"{hl}.encoder_attn.out_proj")
+                norm(f"{ct}/attention/layer_norm", f"{hl}.encoder_attn_layer_norm")
+            linear(f"{ct}/ffn/linear_0", f"{hl}.fc1")
+            linear(f"{ct}/ffn/linear_1", f"{hl}.fc2")
+            norm(f"{ct}/ffn/layer_norm", f"{hl}.final_layer_norm")
         norm(f"{side}/layer_norm", f"{hf}.layer_norm")
         out[f"{side}/position_encodings/encodings"] = sd[f"{hf}.embed_positions.weight"]
     for conv in ("conv1", "conv2"):
@@ -108,11 +110,9 @@ def _ct2_variables(model: WhisperForConditionalGeneration, dtype: torch.dtype) -
     return out
 
 
-def serialize_ct2(
-    variables: Dict[str, torch.Tensor], aliases: Dict[str, str], version: int = 6
-) -> bytes:
+def serialize_ct2(variables: dict[str, torch.Tensor], aliases: dict[str, str], version: int = 6) -> bytes:
     r"""Write variables in the CTranslate2 ``model.bin`` layout (little-endian)."""
-    chunks: List[bytes] = []
+    chunks: list[bytes] = []
 
     def string(text: str) -> None:
         raw = text.encode("utf-8")
@@ -125,8 +125,10 @@ def serialize_ct2(
         tensor = variables[name].contiguous()
         string(name)
         chunks.append(struct.pack("<B", tensor.dim()) + b"".join(struct.pack("<I", d) for d in tensor.shape))
-        raw = tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.dim() else (
-            tensor.reshape(1).view(torch.uint8).numpy().tobytes()
+        raw = (
+            tensor.view(-1).view(torch.uint8).numpy().tobytes()
+            if tensor.dim()
+            else (tensor.reshape(1).view(torch.uint8).numpy().tobytes())
         )
         chunks.append(struct.pack("<BI", _CT2_DTYPE_IDS[tensor.dtype], len(raw)) + raw)
     chunks.append(struct.pack("<I", len(aliases)))
@@ -154,7 +156,7 @@ def write_ct2_whisper(
     dtype: torch.dtype = torch.float16,
     version: int = 6,
     parts: int = 1,
-) -> List[Path]:
+) -> list[Path]:
     r"""Write ``model`` as a faster-whisper folder; returns the model file(s) written."""
     folder.mkdir(parents=True, exist_ok=True)
     data = serialize_ct2(
@@ -179,7 +181,7 @@ def write_ct2_whisper(
     return files
 
 
-def _rounded(model: WhisperForConditionalGeneration, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
+def _rounded(model: WhisperForConditionalGeneration, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: v.to(dtype).float() for k, v in model.state_dict().items()}
 
 
@@ -330,7 +332,7 @@ def load_jfk(processor) -> torch.Tensor:
     return processor(wav, sampling_rate=sr, return_tensors="pt").input_features
 
 
-def words(text: str) -> List[str]:
+def words(text: str) -> list[str]:
     return re.sub(r"[^a-z' ]", " ", text.lower()).split()
 
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 r"""Tests of the embedded-model registry, its cache and :func:`captum_spes.models.load_model`."""
+
 import hashlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -14,10 +15,10 @@ from transformers import AutoModelForSpeechSeq2Seq
 from captum_spes.models import (
     EMBEDDED_MODELS,
     ModelLoadError,
+    embedded,
     embedded_model_status,
     load_model,
 )
-from captum_spes.models import embedded
 from captum_spes.models.embedded import EmbeddedModel, WeightsPackage, cache_path, cache_root
 
 try:  # pytest puts tests/ on sys.path (rootdir without __init__.py)
@@ -185,7 +186,7 @@ def test_hub_failure_is_actionable(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_status_reports_every_model(cache_dir: Path) -> None:
     status = embedded_model_status()
     assert set(status) >= {"tiny.en", "base"}
-    for name, info in status.items():
+    for _name, info in status.items():
         assert set(info) >= {"installed", "version", "cached", "cache_path", "pip_command"}
         assert info["cached"] is False and info["cache_path"].startswith(str(cache_dir))
 

@@ -1,4 +1,5 @@
 """Normalisers: hand-computed z-scores and joint min-max scaling, degenerate rows, errors."""
+
 import math
 
 import pytest

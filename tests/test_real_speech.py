@@ -4,6 +4,7 @@ The bundled ``acoustic_corpus`` clip has a forced word alignment (Montreal Force
 A faithful explanation of a word should peak inside the word's aligned span far more often
 than chance (the span's share of the clip, about 1.3 % here).
 """
+
 import os
 
 import pytest

@@ -5,6 +5,7 @@ Playwright's Python package without any Playwright-downloaded browser).
 In CI (env CI=true) a missing browser or driver is a failure, not a skip: .ci/browser-deps.sh
 installs them. Elsewhere the test skips when they are absent.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,14 @@ from captum_spes import SPESResult
 from captum_spes.visualization import write_html_report
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--no-first-run"]
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
@@ -47,12 +54,18 @@ def make_result() -> SPESResult:
     inputs = ["<|startoftranscript|>", "<|notimestamps|>"] + tokens[:-1]
     spec = torch.rand(len(tokens), 80, 150, generator=generator) * 0.1
     for k in range(len(tokens)):  # a distinct salient block per token, so overlays differ
-        spec[k, 10 + 12 * k: 22 + 12 * k, 25 * k: 25 * k + 30] += 1.0
+        spec[k, 10 + 12 * k : 22 + 12 * k, 25 * k : 25 * k + 30] += 1.0
     result = SPESResult(
-        spectrogram_attr=spec, token_attr=torch.rand(len(tokens), len(inputs), generator=generator),
-        target_ids=[10, 11, 12, 13, 14], tokens=tokens, decoder_input_ids=list(range(6)),
-        decoder_input_tokens=inputs, num_prompt=2, target_log_probs=-torch.rand(len(tokens)),
-        text="".join(tokens[:-1]), metadata={"frame_rate": 100.0, "n_masks": 30, "seed": 0},
+        spectrogram_attr=spec,
+        token_attr=torch.rand(len(tokens), len(inputs), generator=generator),
+        target_ids=[10, 11, 12, 13, 14],
+        tokens=tokens,
+        decoder_input_ids=list(range(6)),
+        decoder_input_tokens=inputs,
+        num_prompt=2,
+        target_log_probs=-torch.rand(len(tokens)),
+        text="".join(tokens[:-1]),
+        metadata={"frame_rate": 100.0, "n_masks": 30, "seed": 0},
     )
     result.token_attr = torch.where(result.token_valid_mask(), result.token_attr, torch.zeros(()))
     return result
@@ -81,8 +94,9 @@ OVERLAY_SUM = """() => {
 
 def test_report_in_chromium(browser, tmp_path) -> None:
     waveform = (0.3 * np.sin(2 * np.pi * 440 * np.arange(24000) / 16000)).astype(np.float32)
-    path = write_html_report(make_result(), tmp_path / "report.html", waveform=waveform,
-                             features=torch.randn(1, 80, 3000))
+    path = write_html_report(
+        make_result(), tmp_path / "report.html", waveform=waveform, features=torch.randn(1, 80, 3000)
+    )
     page = browser.new_page()
     errors: list = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)

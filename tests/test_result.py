@@ -1,4 +1,5 @@
 """SPESResult: safe save/load, normalisation, word merging, profiles, input layout."""
+
 import pickle
 
 import pytest

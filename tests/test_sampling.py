@@ -1,4 +1,5 @@
 """Mask sampling: exact level split, occlusion rule and rate, batching invariance, seeds."""
+
 import numpy as np
 import pytest
 import torch

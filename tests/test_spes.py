@@ -1,4 +1,5 @@
 """SPES end to end: known answers, shapes, causality, batching invariance, errors."""
+
 import io
 from contextlib import redirect_stderr
 
@@ -140,8 +141,16 @@ def test_baseline_equal_to_input_gives_zero_map(whisper):
 
 @pytest.mark.parametrize(
     "feature_mask",
-    ["slic", "time", "frequency", "element", TimeMasks([5, 10]), SLICMasks(n_segments=[50], sigma=0.0),
-     torch.arange(120).repeat(80, 1) // 30, [torch.arange(80)[:, None] // 8, torch.arange(120)[None, :] // 20]],
+    [
+        "slic",
+        "time",
+        "frequency",
+        "element",
+        TimeMasks([5, 10]),
+        SLICMasks(n_segments=[50], sigma=0.0),
+        torch.arange(120).repeat(80, 1) // 30,
+        [torch.arange(80)[:, None] // 8, torch.arange(120)[None, :] // 20],
+    ],
 )
 def test_each_mask_family(whisper, feature_mask):
     result = _spes_test_assert(whisper, whisper_features(), n_masks=8, feature_mask=feature_mask, token_p=None)
@@ -151,7 +160,9 @@ def test_each_mask_family(whisper, feature_mask):
 
 def test_word_aligned_custom_masks(whisper):
     family = CustomMasks.from_intervals([(0.2, 0.5), (0.7, 1.0)], num_frames=120)
-    result = SPES(SpeechSeq2SeqWrapper(whisper)).attribute(whisper_features(), n_masks=10, feature_mask=family, token_p=None)
+    result = SPES(SpeechSeq2SeqWrapper(whisper)).attribute(
+        whisper_features(), n_masks=10, feature_mask=family, token_p=None
+    )
     assert result.metadata["segments_obtained"] == [5]  # 2 words + 3 gaps
     row = result.spectrogram_attr[0, 0]
     assert torch.all(row[20:50] == row[20])  # one word = one segment = one value
@@ -168,7 +179,9 @@ def test_given_target_ids_and_text(whisper):
 def test_progress_bar_counts_forward_passes(whisper):
     stderr = io.StringIO()
     with redirect_stderr(stderr):
-        SPES(SpeechSeq2SeqWrapper(whisper)).attribute(whisper_features(), n_masks=10, show_progress=True, perturbations_per_eval=4)
+        SPES(SpeechSeq2SeqWrapper(whisper)).attribute(
+            whisper_features(), n_masks=10, show_progress=True, perturbations_per_eval=4
+        )
     output = stderr.getvalue()
     assert "SPES attribution" in output and "21/21" in output  # 1 clean + 10 + 10 token passes
 
@@ -197,10 +210,22 @@ def test_speech2text_time_first_layout():
     from transformers import Speech2TextConfig, Speech2TextForConditionalGeneration
 
     config = Speech2TextConfig(
-        vocab_size=60, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, conv_channels=16,
-        input_feat_per_channel=20, max_source_positions=100, max_target_positions=20,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+        vocab_size=60,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        conv_channels=16,
+        input_feat_per_channel=20,
+        max_source_positions=100,
+        max_target_positions=20,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
     )
     torch.manual_seed(0)
     model = Speech2TextForConditionalGeneration(config).eval()
@@ -214,13 +239,24 @@ def test_speech_encoder_decoder_waveform_input():
     from transformers import BertConfig, SpeechEncoderDecoderModel, Wav2Vec2Config
 
     encoder = Wav2Vec2Config(
-        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=4,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 4),
+        num_conv_pos_embeddings=4,
         num_conv_pos_embedding_groups=2,
     )
     decoder = BertConfig(
-        vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        is_decoder=True, add_cross_attention=True,
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        is_decoder=True,
+        add_cross_attention=True,
     )
     torch.manual_seed(0)
     from transformers import SpeechEncoderDecoderConfig

@@ -11,6 +11,7 @@ an existing ``CAPTUM_SPES_CACHE`` is kept.
 Fast checks (no model) verify that the stored notebooks are valid, carry no outputs and read
 the mask count from the environment.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,11 +78,15 @@ def tutorial_session(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("tutorial_session")
     spec = root / "jupyter" / "kernels" / KERNEL_NAME
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "captum-spes tutorials",
-        "language": "python",
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "captum-spes tutorials",
+                "language": "python",
+            }
+        )
+    )
     cache = os.environ.get("CAPTUM_SPES_CACHE") or str(root / "model_cache")
     return {"jupyter_path": str(root / "jupyter"), "cache": cache}
 
@@ -113,7 +118,9 @@ def test_tutorial_executes(name: str, tutorial_session: dict, tmp_path: Path, mo
     client.execute()  # raises CellExecutionError when a cell raises
     print(f"{name}: executed in {time.perf_counter() - started:.1f} s")
 
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors
     # The notebooks write their files into the working directory, not next to the notebook.
     if name.startswith("01_"):

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Resynthesis of the salient time-frequency bins (captum_spes.visualization.listen)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,9 +34,16 @@ def band_result(low: float, high: float, n_frames: int = 100) -> SPESResult:
     spec[0, torch.from_numpy((centres >= low) & (centres <= high))] = 1.0
     spec[1] = 0.5
     return SPESResult(
-        spectrogram_attr=spec, token_attr=None, target_ids=[5, 6], tokens=[" tone", "<|endoftext|>"],
-        decoder_input_ids=[1, 5], decoder_input_tokens=["<|startoftranscript|>", " tone"], num_prompt=1,
-        target_log_probs=torch.zeros(2), text=" tone", metadata={"frame_rate": 100.0},
+        spectrogram_attr=spec,
+        token_attr=None,
+        target_ids=[5, 6],
+        tokens=[" tone", "<|endoftext|>"],
+        decoder_input_ids=[1, 5],
+        decoder_input_tokens=["<|startoftranscript|>", " tone"],
+        num_prompt=1,
+        target_log_probs=torch.zeros(2),
+        text=" tone",
+        metadata={"frame_rate": 100.0},
     )
 
 
@@ -81,7 +89,7 @@ def test_length_preserved_for_odd_lengths_and_longer_audio() -> None:
     longer = np.concatenate([two_tones(), two_tones()])
     out = salient_audio(band_result(0.0, 8000.0), longer, SR, token=0, top_percent=100)
     np.testing.assert_allclose(out[: SR - 400], longer[: SR - 400], atol=1e-4)
-    assert np.abs(out[SR + 400:]).max() < 1e-6
+    assert np.abs(out[SR + 400 :]).max() < 1e-6
 
 
 def test_utterance_map_default_and_tensor_input() -> None:

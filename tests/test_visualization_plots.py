@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Matplotlib plots of SPES results: types, physical axes, drawn data, Captum interop."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -38,10 +39,16 @@ def make_result(seed: int = 0) -> SPESResult:
     inputs = prompt + TOKENS[:-1]
     token_attr = torch.rand(len(TOKENS), len(inputs), generator=generator)
     result = SPESResult(
-        spectrogram_attr=spec, token_attr=token_attr, target_ids=list(range(10, 15)),
-        tokens=list(TOKENS), decoder_input_ids=list(range(1, 1 + len(inputs))),
-        decoder_input_tokens=inputs, num_prompt=2, target_log_probs=-torch.rand(len(TOKENS)),
-        text="".join(TOKENS[:-1]), metadata={"frame_rate": 100.0, "n_masks": 30, "seed": 0},
+        spectrogram_attr=spec,
+        token_attr=token_attr,
+        target_ids=list(range(10, 15)),
+        tokens=list(TOKENS),
+        decoder_input_ids=list(range(1, 1 + len(inputs))),
+        decoder_input_tokens=inputs,
+        num_prompt=2,
+        target_log_probs=-torch.rand(len(TOKENS)),
+        text="".join(TOKENS[:-1]),
+        metadata={"frame_rate": 100.0, "n_masks": 30, "seed": 0},
     )
     valid = result.token_valid_mask()
     result.token_attr = torch.where(valid, token_attr, torch.zeros_like(token_attr))
@@ -122,14 +129,14 @@ def test_word_saliency_merges_subwords(result: SPESResult, features: torch.Tenso
     np.testing.assert_allclose(np.asarray(ax.images[-1].get_array()), expected)
     assert "not" in ax.get_title()
     _, ax2 = plot_word_saliency(result, "not", reduce="mean")
-    np.testing.assert_allclose(np.asarray(ax2.images[-1].get_array()),
-                               result.spectrogram_attr[[2, 3]].mean(dim=0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(ax2.images[-1].get_array()), result.spectrogram_attr[[2, 3]].mean(dim=0).numpy(), rtol=1e-6
+    )
 
 
 def test_utterance_map(result: SPESResult, features: torch.Tensor) -> None:
     fig, ax = plot_utterance_map(result, features)
-    np.testing.assert_allclose(np.asarray(ax.images[-1].get_array()), result.utterance_map().numpy(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(ax.images[-1].get_array()), result.utterance_map().numpy(), rtol=1e-6)
     assert ax.get_xlabel() == "Time (s)" and "Hz" in ax.get_ylabel()
 
 
@@ -179,11 +186,13 @@ def test_maps_feed_captum_visualize_image_attr(result: SPESResult) -> None:
     assert image.shape == (N_MELS, N_FRAMES, 1)
     # Low frequencies at the bottom: image row 0 is the top mel bin.
     np.testing.assert_allclose(image[0, :, 0], result.spectrogram_attr[0, -1].numpy())
-    fig, ax = viz.visualize_image_attr(image, method="heat_map", sign="absolute_value",
-                                       show_colorbar=True, use_pyplot=False)
+    fig, ax = viz.visualize_image_attr(
+        image, method="heat_map", sign="absolute_value", show_colorbar=True, use_pyplot=False
+    )
     assert isinstance(fig, Figure) and ax.images
-    fig, ax = viz.visualize_image_attr(image, original_image=np.repeat(image, 3, axis=2),
-                                       method="blended_heat_map", use_pyplot=False)
+    fig, ax = viz.visualize_image_attr(
+        image, original_image=np.repeat(image, 3, axis=2), method="blended_heat_map", use_pyplot=False
+    )
     assert ax.images
 
 
@@ -199,8 +208,9 @@ def test_profiles_feed_captum_visualize_timeseries_attr(result: SPESResult, monk
     profile = result.time_profile()[1].numpy()[:, None]  # (n_frames, 1) channels-last
     energy = np.random.default_rng(0).random((N_FRAMES, 1))
     seconds = np.arange(N_FRAMES) / result.frame_rate
-    fig, ax = viz.visualize_timeseries_attr(profile, energy, x_values=seconds,
-                                            method="overlay_individual", use_pyplot=False)
+    fig, ax = viz.visualize_timeseries_attr(
+        profile, energy, x_values=seconds, method="overlay_individual", use_pyplot=False
+    )
     assert isinstance(fig, Figure)
     axis = ax[0] if isinstance(ax, (list, np.ndarray)) else ax
     assert axis.get_xlim()[1] >= seconds[-1] - 1e-9

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """The self-contained HTML report (structure and content, no browser)."""
+
 from __future__ import annotations
 
 import base64
@@ -23,12 +24,23 @@ def make_result() -> SPESResult:
     inputs = ["<|startoftranscript|>", "<|notimestamps|>"] + TOKENS[:-1]
     result = SPESResult(
         spectrogram_attr=torch.rand(len(TOKENS), N_MELS, N_FRAMES, generator=generator),
-        token_attr=torch.rand(len(TOKENS), len(inputs), generator=generator), target_ids=[10, 11, 12, 13, 14],
-        tokens=list(TOKENS), decoder_input_ids=list(range(6)), decoder_input_tokens=inputs, num_prompt=2,
-        target_log_probs=-torch.rand(len(TOKENS)), text="".join(TOKENS[:-1]),
-        metadata={"frame_rate": 100.0, "n_masks": 30, "seed": 7, "model_id": "tiny-whisper",
-                  "masks_per_level": [10, 10, 10], "segments_obtained": [1489, 1489, 1486],
-                  "versions": {"torch": "2.x", "captum": "0.9.0"}},
+        token_attr=torch.rand(len(TOKENS), len(inputs), generator=generator),
+        target_ids=[10, 11, 12, 13, 14],
+        tokens=list(TOKENS),
+        decoder_input_ids=list(range(6)),
+        decoder_input_tokens=inputs,
+        num_prompt=2,
+        target_log_probs=-torch.rand(len(TOKENS)),
+        text="".join(TOKENS[:-1]),
+        metadata={
+            "frame_rate": 100.0,
+            "n_masks": 30,
+            "seed": 7,
+            "model_id": "tiny-whisper",
+            "masks_per_level": [10, 10, 10],
+            "segments_obtained": [1489, 1489, 1486],
+            "versions": {"torch": "2.x", "captum": "0.9.0"},
+        },
     )
     result.token_attr = torch.where(result.token_valid_mask(), result.token_attr, torch.zeros(()))
     return result
@@ -100,8 +112,13 @@ def test_token_map_and_metadata(report) -> None:
     # Upper triangle (inputs after a token's position) is blanked: 5 rows x 6 inputs.
     valid = make_result().token_valid_mask()
     assert text.count("<td class='na'>") == int((~valid).sum())
-    for key, value in [("n_masks", "30"), ("seed", "7"), ("model_id", "tiny-whisper"),
-                       ("masks_per_level", "[10, 10, 10]"), ("versions.captum", "0.9.0")]:
+    for key, value in [
+        ("n_masks", "30"),
+        ("seed", "7"),
+        ("model_id", "tiny-whisper"),
+        ("masks_per_level", "[10, 10, 10]"),
+        ("versions.captum", "0.9.0"),
+    ]:
         assert f"<tr><th>{key}</th><td>{value}</td></tr>" in text
 
 
@@ -141,8 +158,11 @@ def test_listenable_explanations_are_embedded(report, tmp_path) -> None:
 
     _, text = report
     data = payload(text)
-    clips = re.findall(r"<audio class='listen-audio' data-word-index='(\d+)' preload='none' "
-                       r"src='data:audio/wav;base64,([A-Za-z0-9+/=]+)'", text)
+    clips = re.findall(
+        r"<audio class='listen-audio' data-word-index='(\d+)' preload='none' "
+        r"src='data:audio/wav;base64,([A-Za-z0-9+/=]+)'",
+        text,
+    )
     # One clip per word, the end token excluded; each cut to the word's salient region +- 0.25 s.
     assert [int(i) for i, _ in clips] == list(range(len(data["words"]) - 1))
     for index, encoded in clips:

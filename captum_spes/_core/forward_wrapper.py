@@ -8,11 +8,13 @@ optionally with some decoder-input token embeddings zeroed. It is the ``forward_
 :class:`~captum_spes.SPES` and works unchanged with Captum's ``Occlusion``,
 ``FeatureAblation``, ``IntegratedGradients``, ``Saliency`` and ``InputXGradient``.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -42,11 +44,11 @@ class Hypothesis:
         source (str): "generate", "text" or "ids".
     """
 
-    prompt_ids: List[int]
-    token_ids: List[int]
+    prompt_ids: list[int]
+    token_ids: list[int]
     eos_token_id: int
-    tokens: List[str] = field(default_factory=list)
-    decoder_input_tokens: List[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    decoder_input_tokens: list[str] = field(default_factory=list)
     text: str = ""
     source: str = "ids"
 
@@ -59,12 +61,12 @@ class Hypothesis:
         return len(self.token_ids) + 1
 
     @property
-    def target_ids(self) -> List[int]:
+    def target_ids(self) -> list[int]:
         """Ids predicted at the explained positions, ``(K + 1,)``."""
         return list(self.token_ids) + [self.eos_token_id]
 
     @property
-    def decoder_input_ids(self) -> List[int]:
+    def decoder_input_ids(self) -> list[int]:
         """Teacher-forced decoder input, ``(P + K,)``."""
         return list(self.prompt_ids) + list(self.token_ids)
 
@@ -75,7 +77,7 @@ class Hypothesis:
         return cols <= rows + self.num_prompt - 1
 
 
-def _token_pieces(tokenizer: Any, ids: List[int]) -> List[str]:
+def _token_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
     """Text of each id in context (byte-level BPE pieces need their neighbours)."""
     if tokenizer is None:
         return [str(i) for i in ids]
@@ -83,8 +85,10 @@ def _token_pieces(tokenizer: Any, ids: List[int]) -> List[str]:
     previous = ""
     for end in range(1, len(ids) + 1):
         current = tokenizer.decode(ids[:end], skip_special_tokens=False)
-        piece = current[len(previous):] if current.startswith(previous) else tokenizer.decode(
-            ids[end - 1 : end], skip_special_tokens=False
+        piece = (
+            current[len(previous) :]
+            if current.startswith(previous)
+            else tokenizer.decode(ids[end - 1 : end], skip_special_tokens=False)
         )
         pieces.append(piece)
         previous = current
@@ -118,8 +122,8 @@ class SpeechSeq2SeqWrapper(nn.Module):
         model: nn.Module,
         processor: Any = None,
         *,
-        model_id: Optional[str] = None,
-        adapter: Optional[ModelAdapter] = None,
+        model_id: str | None = None,
+        adapter: ModelAdapter | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -132,16 +136,14 @@ class SpeechSeq2SeqWrapper(nn.Module):
             or getattr(getattr(model, "config", None), "name_or_path", None)
             or type(model).__name__
         )
-        self._hypothesis: Optional[Hypothesis] = None
-        self._decoder_input_ids: Optional[Tensor] = None
+        self._hypothesis: Hypothesis | None = None
+        self._decoder_input_ids: Tensor | None = None
 
     # ----- hypothesis ---------------------------------------------------------------
     @property
     def hypothesis(self) -> Hypothesis:
         if self._hypothesis is None:
-            raise RuntimeError(
-                "no hypothesis is set: call wrapper.set_hypothesis(input_features, target) first"
-            )
+            raise RuntimeError("no hypothesis is set: call wrapper.set_hypothesis(input_features, target) first")
         return self._hypothesis
 
     @property
@@ -153,8 +155,8 @@ class SpeechSeq2SeqWrapper(nn.Module):
         input_features: Tensor,
         target: TargetType = None,
         *,
-        prompt_ids: Optional[Sequence[int]] = None,
-        generate_kwargs: Optional[Dict[str, Any]] = None,
+        prompt_ids: Sequence[int] | None = None,
+        generate_kwargs: dict[str, Any] | None = None,
     ) -> Hypothesis:
         r"""Freeze the token sequence to explain for this utterance.
 
@@ -202,9 +204,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
                 token_ids = [int(v) for v in values]
                 source = "ids"
             prompt = (
-                list(prompt_ids)
-                if prompt_ids is not None
-                else self.adapter.default_prompt_ids(inputs, generate_kwargs)
+                list(prompt_ids) if prompt_ids is not None else self.adapter.default_prompt_ids(inputs, generate_kwargs)
             )
             hypothesis = self._build(prompt, token_ids, eos, source)
         if not hypothesis.token_ids:
@@ -218,7 +218,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
         self._decoder_input_ids = torch.tensor([hypothesis.decoder_input_ids], dtype=torch.long)
         return hypothesis
 
-    def _build(self, prompt: List[int], token_ids: List[int], eos: int, source: str) -> Hypothesis:
+    def _build(self, prompt: list[int], token_ids: list[int], eos: int, source: str) -> Hypothesis:
         decoder_inputs = prompt + token_ids
         pieces = _token_pieces(self.tokenizer, decoder_inputs + [eos])
         text = (
@@ -230,7 +230,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
             prompt_ids=prompt,
             token_ids=token_ids,
             eos_token_id=eos,
-            tokens=pieces[len(prompt):],
+            tokens=pieces[len(prompt) :],
             decoder_input_tokens=pieces[: len(decoder_inputs)],
             text=text,
             source=source,
@@ -238,7 +238,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
 
     # ----- forward ------------------------------------------------------------------
     @contextlib.contextmanager
-    def _zeroed_tokens(self, token_keep_mask: Optional[Tensor]) -> Iterator[None]:
+    def _zeroed_tokens(self, token_keep_mask: Tensor | None) -> Iterator[None]:
         if token_keep_mask is None:
             yield
             return
@@ -254,7 +254,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
         finally:
             handle.remove()
 
-    def _check_keep_mask(self, token_keep_mask: Optional[Tensor], batch: int) -> Optional[Tensor]:
+    def _check_keep_mask(self, token_keep_mask: Tensor | None, batch: int) -> Tensor | None:
         if token_keep_mask is None:
             return None
         width = len(self.hypothesis.decoder_input_ids)
@@ -275,7 +275,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
         start = self.hypothesis.num_prompt - 1
         return logits[:, start : start + self.hypothesis.num_explained]
 
-    def forward(self, input_features: Tensor, token_keep_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input_features: Tensor, token_keep_mask: Tensor | None = None) -> Tensor:
         r"""Log-probabilities of every explained position in one teacher-forced pass.
 
         Args:
@@ -320,7 +320,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
             logits = self.adapter.logits(ids, encoder_outputs=expanded)
         return self._explained_logits(logits).float().log_softmax(dim=-1)
 
-    def token_log_probs(self, input_features: Tensor, token_keep_mask: Optional[Tensor] = None) -> Tensor:
+    def token_log_probs(self, input_features: Tensor, token_keep_mask: Tensor | None = None) -> Tensor:
         r"""Log-probability of each explained token, ``(batch, K + 1)``: a forward for Captum
         methods with ``target=k`` (the ``k``-th explained token)."""
         log_probs = self.forward(input_features, token_keep_mask)

@@ -7,19 +7,20 @@ tokens, the clean log-probabilities and the metadata needed to reproduce the run
 one ``safetensors`` file (tensors plus JSON metadata; loading never unpickles) and offers the
 reference normalisers, word merging and time/frequency profiles.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from captum_spes.normalizers import NORMALIZERS
 from captum_spes._utils.files import refuse_overwrite
+from captum_spes.normalizers import NORMALIZERS
 
 __all__ = ["SPESResult"]
 
@@ -60,15 +61,15 @@ class SPESResult:
     """
 
     spectrogram_attr: Tensor
-    token_attr: Optional[Tensor]
-    target_ids: List[int]
-    tokens: List[str]
-    decoder_input_ids: List[int]
-    decoder_input_tokens: List[str]
+    token_attr: Tensor | None
+    target_ids: list[int]
+    tokens: list[str]
+    decoder_input_ids: list[int]
+    decoder_input_tokens: list[str]
     num_prompt: int
     target_log_probs: Tensor
     text: str = ""
-    metadata: Dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     # ----- shapes -------------------------------------------------------------------
     @property
@@ -100,7 +101,7 @@ class SPESResult:
         return cols <= rows + self.num_prompt - 1
 
     # ----- transformations ----------------------------------------------------------
-    def normalize(self, method: str = "reference") -> "SPESResult":
+    def normalize(self, method: str = "reference") -> SPESResult:
         r"""A copy with normalised maps (the stored maps stay raw).
 
         Args:
@@ -112,15 +113,17 @@ class SPESResult:
             raise ValueError(f"method must be one of {sorted(NORMALIZERS)}, got {method!r}")
         spec, tok = NORMALIZERS[method](self.spectrogram_attr, self.token_attr, self.token_valid_mask())
         history = list(self.metadata.get("normalization", [])) + [method]
-        return replace(self, spectrogram_attr=spec, token_attr=tok, metadata={**self.metadata, "normalization": history})
+        return replace(
+            self, spectrogram_attr=spec, token_attr=tok, metadata={**self.metadata, "normalization": history}
+        )
 
-    def word_groups(self) -> List[List[int]]:
+    def word_groups(self) -> list[list[int]]:
         """Indices of the explained tokens forming each word; the end token stands alone.
 
         A token whose text starts with whitespace opens a new word (Whisper's byte-level BPE
         and SentencePiece both mark word starts this way).
         """
-        groups: List[List[int]] = []
+        groups: list[list[int]] = []
         for index, piece in enumerate(self.tokens[:-1]):
             if not groups or piece[:1].isspace():
                 groups.append([index])
@@ -129,7 +132,7 @@ class SPESResult:
         groups.append([self.num_tokens - 1])
         return groups
 
-    def to_words(self, reduce: str = "max") -> "SPESResult":
+    def to_words(self, reduce: str = "max") -> SPESResult:
         r"""Merge subword tokens into words, rows and token-map columns alike.
 
         Args:
@@ -174,13 +177,13 @@ class SPESResult:
         """Saliency over mel bins, ``(num_tokens, n_mels)``, reducing the time axis."""
         return _reduce(self.spectrogram_attr, 2, reduce)
 
-    def utterance_map(self, normalize: Optional[str] = "reference") -> Tensor:
+    def utterance_map(self, normalize: str | None = "reference") -> Tensor:
         """Mean over tokens of the (normalised) maps, ``(n_mels, n_frames)``: the map the
         reference ranks for deletion and insertion."""
         result = self.normalize(normalize) if normalize else self
         return result.spectrogram_attr.mean(dim=0)
 
-    def to_input_layout(self, total_frames: Optional[int] = None) -> Tensor:
+    def to_input_layout(self, total_frames: int | None = None) -> Tensor:
         r"""Captum-shaped attributions ``(num_tokens, n_mels, total_frames)``: the maps
         zero-padded to the model's input length (e.g. 3000 for Whisper), as a multi-output
         Captum method would return them for a ``(1, n_mels, total_frames)`` input."""
@@ -191,12 +194,12 @@ class SPESResult:
         out[..., : self.n_frames] = self.spectrogram_attr
         return out
 
-    def as_tuple(self) -> Tuple[Tensor, Optional[Tensor]]:
+    def as_tuple(self) -> tuple[Tensor, Tensor | None]:
         """``(spectrogram_attr, token_attr)`` as plain tensors."""
         return self.spectrogram_attr, self.token_attr
 
     # ----- persistence --------------------------------------------------------------
-    def save(self, path: Union[str, os.PathLike], overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write one ``.safetensors`` file (tensors plus JSON metadata, exact round trip).
 
         Raises:
@@ -238,7 +241,7 @@ class SPESResult:
         return target
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "SPESResult":
+    def load(cls, path: str | os.PathLike) -> SPESResult:
         """Read a file written by :meth:`save` (no pickle)."""
         from safetensors import safe_open
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 r"""SPES: Spectrogram Perturbation for Explainable Speech-to-text Generation."""
+
 from __future__ import annotations
 
 import importlib.metadata
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import torch
 from captum.attr import PerturbationAttribution
@@ -38,7 +40,7 @@ _VERSIONED = ("captum-spes", "captum", "torch", "transformers", "numpy", "scikit
 class _Utterance:
     """What every perturbed pass of one utterance needs."""
 
-    labels: List[Tensor]  # per level, (n_mels, n_frames) segment ids
+    labels: list[Tensor]  # per level, (n_mels, n_frames) segment ids
     speech: Tensor  # (n_mels, n_frames) speech frames
     canonical_full: Tensor  # (n_mels, input_frames), padding included
     baseline: Tensor  # broadcastable to speech
@@ -47,7 +49,7 @@ class _Utterance:
     measure: ImpactMeasure
 
 
-def _versions() -> Dict[str, str]:
+def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
@@ -109,25 +111,25 @@ class SPES(PerturbationAttribution):
     @log_usage(part_of_slo=False)
     def attribute(  # type: ignore[override]
         self,
-        inputs: Union[Tensor, Tuple[Tensor]],
+        inputs: Tensor | tuple[Tensor],
         baselines: BaselineSpec = None,
         target: TargetType = None,
         additional_forward_args: Any = None,
-        feature_mask: Union[None, str, MaskFamily, Tensor, Sequence[Tensor]] = None,
+        feature_mask: None | str | MaskFamily | Tensor | Sequence[Tensor] = None,
         perturbations_per_eval: int = 8,
         show_progress: bool = False,
         *,
-        n_masks: Union[int, Sequence[int], str, AdaptiveMasks] = 20000,
+        n_masks: int | Sequence[int] | str | AdaptiveMasks = 20000,
         p: float = 0.5,
-        token_p: Optional[float] = 0.5,
+        token_p: float | None = 0.5,
         token_masks: str = "decoupled",
-        n_token_masks: Optional[int] = None,
-        impact: Union[str, ImpactMeasure] = "kl",
+        n_token_masks: int | None = None,
+        impact: str | ImpactMeasure = "kl",
         seed: int = 0,
-        num_frames: Optional[int] = None,
+        num_frames: int | None = None,
         perturb_prompt: bool = True,
-        prompt_ids: Optional[Sequence[int]] = None,
-        generate_kwargs: Optional[Dict[str, Any]] = None,
+        prompt_ids: Sequence[int] | None = None,
+        generate_kwargs: dict[str, Any] | None = None,
     ) -> SPESResult:
         r"""
         Args:
@@ -267,7 +269,7 @@ class SPES(PerturbationAttribution):
             disable=not show_progress,
         )
         labels = [lv.labels.to(device) for lv in levels]
-        adaptive_info: Optional[Dict[str, Any]] = None
+        adaptive_info: dict[str, Any] | None = None
         with torch.inference_mode():
             clean = wrapper(inputs_tensor)[0]
             bar.update(1)
@@ -363,15 +365,15 @@ class SPES(PerturbationAttribution):
     def _run_adaptive(
         self,
         adaptive: AdaptiveMasks,
-        segments: List[int],
+        segments: list[int],
         p: float,
-        joint_token_p: Optional[float],
+        joint_token_p: float | None,
         num_inputs: int,
         seed: int,
         maskable: Tensor,
         spec_acc: SegmentAccumulator,
-        loop: Dict[str, Any],
-    ) -> Tuple[List[int], Dict[str, Any]]:
+        loop: dict[str, Any],
+    ) -> tuple[list[int], dict[str, Any]]:
         """Rounds alternate between two half accumulators. After every round from the second
         on, the three split-half statistics are computed (the reliability at segment
         resolution, the overlaps on the element maps that ``finalize`` gives with the
@@ -382,7 +384,7 @@ class SPES(PerturbationAttribution):
         halves = [SegmentAccumulator(spec_acc.numerators[0].shape[0], segments, device) for _ in range(2)]
         threshold = adaptive.resolved_threshold
         used = [0] * len(segments)
-        history: List[Dict[str, float]] = []
+        history: list[dict[str, float]] = []
         statistics = {name: float("nan") for name in ("utterance_top_overlap", "top_overlap", "reliability")}
         round_index = 0
         while sum(used) < adaptive.max_masks:
@@ -397,9 +399,7 @@ class SPES(PerturbationAttribution):
             used = [u + n for u, n in zip(used, per_level)]
             round_index += 1
             if round_index >= 2:
-                statistics["reliability"] = split_half_reliability(
-                    halves[0].segment_means(), halves[1].segment_means()
-                )
+                statistics["reliability"] = split_half_reliability(halves[0].segment_means(), halves[1].segment_means())
                 # The maps cover the speech frames only, so every element counts (valid=None).
                 first_map, _ = halves[0].finalize(utterance.labels)
                 second_map, _ = halves[1].finalize(utterance.labels)
@@ -426,7 +426,7 @@ class SPES(PerturbationAttribution):
         return used, info
 
     @staticmethod
-    def _resolve_adaptive(n_masks: Any) -> Optional[AdaptiveMasks]:
+    def _resolve_adaptive(n_masks: Any) -> AdaptiveMasks | None:
         if isinstance(n_masks, AdaptiveMasks):
             return n_masks
         if isinstance(n_masks, str):
@@ -457,9 +457,7 @@ class SPES(PerturbationAttribution):
     @staticmethod
     def _checked_scores(scores: Tensor, batch: int) -> Tensor:
         if scores.dim() != 2 or scores.shape[0] != batch:
-            raise ValueError(
-                f"the impact measure must return (batch, num_tokens) scores, got {tuple(scores.shape)}"
-            )
+            raise ValueError(f"the impact measure must return (batch, num_tokens) scores, got {tuple(scores.shape)}")
         if not torch.isfinite(scores).all():
             raise FloatingPointError(
                 "the impact measure returned NaN or inf; compute it from log-probabilities in float32"
@@ -467,12 +465,10 @@ class SPES(PerturbationAttribution):
         return scores
 
     # ----- validation ---------------------------------------------------------------
-    def _validate_inputs(self, inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
+    def _validate_inputs(self, inputs: Tensor | tuple[Tensor]) -> Tensor:
         if isinstance(inputs, tuple):
             if len(inputs) != 1:
-                raise ValueError(
-                    f"SPES takes one input tensor (the acoustic features), got a tuple of {len(inputs)}"
-                )
+                raise ValueError(f"SPES takes one input tensor (the acoustic features), got a tuple of {len(inputs)}")
             inputs = inputs[0]
         if not isinstance(inputs, Tensor):
             raise TypeError(f"inputs must be a Tensor of features, got {type(inputs).__name__}")
@@ -497,7 +493,7 @@ class SPES(PerturbationAttribution):
             raise ValueError(f"{name} must be a positive int, got {value!r}")
         return value
 
-    def _resolve_num_frames(self, num_frames: Optional[int], inputs: Tensor, canonical: Tensor) -> int:
+    def _resolve_num_frames(self, num_frames: int | None, inputs: Tensor, canonical: Tensor) -> int:
         total = int(canonical.shape[1])
         if num_frames is None:
             return self.wrapper.adapter.speech_frames(inputs)
@@ -506,7 +502,7 @@ class SPES(PerturbationAttribution):
         return num_frames
 
     @staticmethod
-    def _masks_per_level(n_masks: Union[int, Sequence[int]], num_levels: int) -> List[int]:
+    def _masks_per_level(n_masks: int | Sequence[int], num_levels: int) -> list[int]:
         if isinstance(n_masks, bool):
             raise ValueError(f"n_masks must be an int or a list of ints, got {n_masks!r}")
         if isinstance(n_masks, int):
@@ -522,24 +518,24 @@ class SPES(PerturbationAttribution):
         self,
         *,
         family: MaskFamily,
-        levels: List[MaskLevel],
-        masks_per_level: List[int],
+        levels: list[MaskLevel],
+        masks_per_level: list[int],
         token_passes: int,
         p: float,
-        token_p: Optional[float],
+        token_p: float | None,
         token_masks: str,
-        impact: Union[str, ImpactMeasure],
+        impact: str | ImpactMeasure,
         seed: int,
         num_frames: int,
         input_frames: int,
-        baseline_info: Dict[str, Any],
+        baseline_info: dict[str, Any],
         perturbations_per_eval: int,
         hypothesis: Hypothesis,
         perturb_prompt: bool,
         never_occluded: int,
         seconds: float,
         dtype: str,
-    ) -> Dict[str, Any]:
+    ) -> dict[str, Any]:
         adapter = self.wrapper.adapter
         impact_name = impact if isinstance(impact, str) else getattr(impact, "__name__", "callable")
         return {

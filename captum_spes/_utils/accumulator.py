@@ -7,9 +7,10 @@ is constant on the segments of its level, the sums are kept at segment resolutio
 ``(num_targets, num_segments)`` per level, and scattered to elements once at the end: memory
 does not depend on the number of masks, and no masks x tokens x frames x mels tensor exists.
 """
+
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -29,12 +30,8 @@ class SegmentAccumulator:
     changes the result only at the last bits.
     """
 
-    def __init__(
-        self, num_targets: int, segments_per_level: Sequence[int], device: torch.device
-    ) -> None:
-        self.numerators = [
-            torch.zeros(num_targets, n, dtype=torch.float64, device=device) for n in segments_per_level
-        ]
+    def __init__(self, num_targets: int, segments_per_level: Sequence[int], device: torch.device) -> None:
+        self.numerators = [torch.zeros(num_targets, n, dtype=torch.float64, device=device) for n in segments_per_level]
         self.counts = [torch.zeros(n, dtype=torch.float64, device=device) for n in segments_per_level]
 
     def add(self, level: int, scores: Tensor, occluded: Tensor) -> None:
@@ -49,12 +46,12 @@ class SegmentAccumulator:
         self.numerators[level].addmm_(scores.to(torch.float64).T, flags)
         self.counts[level] += flags.sum(dim=0)
 
-    def merge(self, other: "SegmentAccumulator") -> None:
+    def merge(self, other: SegmentAccumulator) -> None:
         """Add another accumulator's sums (same targets and levels) to this one."""
         for mine, theirs in zip(self.numerators + self.counts, other.numerators + other.counts):
             mine += theirs
 
-    def finalize(self, labels: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    def finalize(self, labels: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Scatter the sums to elements and divide.
 
         Args:
@@ -78,9 +75,8 @@ class SegmentAccumulator:
         shape = tuple(labels[0].shape)
         return mean.to(torch.float32).reshape(-1, *shape), count.reshape(shape)
 
-    def segment_means(self) -> List[Tensor]:
+    def segment_means(self) -> list[Tensor]:
         """Per-level mean impact at segment resolution, ``(num_targets, num_segments)``."""
         return [
-            torch.where(c > 0, n / c.clamp_min(1), torch.zeros_like(n))
-            for n, c in zip(self.numerators, self.counts)
+            torch.where(c > 0, n / c.clamp_min(1), torch.zeros_like(n)) for n, c in zip(self.numerators, self.counts)
         ]

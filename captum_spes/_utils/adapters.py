@@ -10,9 +10,11 @@ embeddings are added, as the reference's ``no_position_occlusion``).
 Adapters are looked up by model class (most specific first); add one with
 :func:`register_model_adapter`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple, Type
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 
-def _config_int(config: Any, name: str) -> Optional[int]:
+def _config_int(config: Any, name: str) -> int | None:
     value = getattr(config, name, None)
     return int(value) if isinstance(value, int) else None
 
@@ -95,7 +97,7 @@ class ModelAdapter:
         return canonical_full[:, :num_frames].min()
 
     # ----- decoding -----------------------------------------------------------------
-    def prompt_token_ids(self) -> List[int]:
+    def prompt_token_ids(self) -> list[int]:
         """Ids that may open a generated sequence as forced prompt tokens."""
         ids = []
         for config in (getattr(self.model, "generation_config", None), self.model.config):
@@ -105,7 +107,7 @@ class ModelAdapter:
                     ids.append(value)
         return sorted(set(ids))
 
-    def end_token_ids(self) -> List[int]:
+    def end_token_ids(self) -> list[int]:
         ids = []
         for config in (getattr(self.model, "generation_config", None), self.model.config):
             if config is None:
@@ -129,7 +131,7 @@ class ModelAdapter:
             "config; set model.generation_config.eos_token_id"
         )
 
-    def split_generated(self, sequence: Tensor) -> Tuple[List[int], List[int]]:
+    def split_generated(self, sequence: Tensor) -> tuple[list[int], list[int]]:
         """Split one generated sequence into (forced prompt ids, hypothesis ids)."""
         ids = [int(i) for i in sequence.tolist()]
         prompt_set = set(self.prompt_token_ids())
@@ -152,16 +154,14 @@ class ModelAdapter:
 
     def generated_hypothesis(
         self, sequence: Tensor, inputs: Tensor, generate_kwargs: dict
-    ) -> Tuple[List[int], List[int]]:
+    ) -> tuple[list[int], list[int]]:
         """(forced prompt ids, hypothesis ids) of one sequence returned by ``generate``."""
         return self.split_generated(sequence)
 
-    def default_prompt_ids(self, inputs: Tensor, generate_kwargs: dict) -> List[int]:
+    def default_prompt_ids(self, inputs: Tensor, generate_kwargs: dict) -> list[int]:
         """Forced prompt for a user-given target: what ``generate`` would force."""
         with torch.inference_mode():
-            sequence = self.model.generate(
-                **{self.input_name: inputs}, **{**generate_kwargs, "max_new_tokens": 1}
-            )
+            sequence = self.model.generate(**{self.input_name: inputs}, **{**generate_kwargs, "max_new_tokens": 1})
         sequence = getattr(sequence, "sequences", sequence)
         return self.split_generated(sequence[0])[0]
 
@@ -176,8 +176,8 @@ class ModelAdapter:
     def logits(
         self,
         decoder_input_ids: Tensor,
-        model_inputs: Optional[Tensor] = None,
-        encoder_outputs: Optional[Any] = None,
+        model_inputs: Tensor | None = None,
+        encoder_outputs: Any | None = None,
     ) -> Tensor:
         """Teacher-forced logits ``(batch, num_decoder_inputs, vocab)``."""
         kwargs = {"decoder_input_ids": decoder_input_ids, "use_cache": False}
@@ -215,7 +215,7 @@ class WhisperAdapter(ModelAdapter):
     def floor_value(self, canonical_full: Tensor, num_frames: int) -> Tensor:
         return canonical_full.max() - 2.0
 
-    def prompt_token_ids(self) -> List[int]:
+    def prompt_token_ids(self) -> list[int]:
         config = getattr(self.model, "generation_config", None)
         start = _config_int(config, "decoder_start_token_id") or _config_int(
             self.model.config, "decoder_start_token_id"
@@ -229,10 +229,9 @@ class WhisperAdapter(ModelAdapter):
         # <|nospeech|> and <|notimestamps|> are contiguous in every Whisper vocabulary.
         return list(range(start, no_timestamps + 1))
 
-
     # transformers 5 strips the forced prompt from Whisper's generate output, so the
     # prompt is rebuilt from the generation config, as Whisper's generate builds it.
-    def _strip(self, ids: List[int]) -> Tuple[List[int], List[int]]:
+    def _strip(self, ids: list[int]) -> tuple[list[int], list[int]]:
         prompt_set = set(self.prompt_token_ids())
         cut = 0
         while cut < len(ids) and ids[cut] in prompt_set:
@@ -243,11 +242,11 @@ class WhisperAdapter(ModelAdapter):
 
     def generated_hypothesis(
         self, sequence: Tensor, inputs: Tensor, generate_kwargs: dict
-    ) -> Tuple[List[int], List[int]]:
+    ) -> tuple[list[int], list[int]]:
         prompt, hypothesis = self._strip([int(i) for i in sequence.tolist()])
         return (prompt or self.default_prompt_ids(inputs, generate_kwargs)), hypothesis
 
-    def default_prompt_ids(self, inputs: Tensor, generate_kwargs: dict) -> List[int]:
+    def default_prompt_ids(self, inputs: Tensor, generate_kwargs: dict) -> list[int]:
         config = self.model.generation_config
         prompt = [int(config.decoder_start_token_id)]
         lang_to_id = getattr(config, "lang_to_id", None) or {}
@@ -278,8 +277,7 @@ class WhisperAdapter(ModelAdapter):
         token = f"<|{code}|>"
         if token not in lang_to_id:
             raise ValueError(
-                f"language={language!r} is not supported by this model; use a code such as "
-                f"{sorted(LANGUAGES)[:5]}..."
+                f"language={language!r} is not supported by this model; use a code such as {sorted(LANGUAGES)[:5]}..."
             )
         return int(lang_to_id[token])
 
@@ -311,15 +309,14 @@ class SpeechEncoderDecoderAdapter(ModelAdapter):
             self.frame_rate = float(rate) if rate else 16000.0
         else:
             raise ValueError(
-                f"unsupported model: its encoder takes {encoder_input!r}; SPES needs "
-                "input_features or input_values"
+                f"unsupported model: its encoder takes {encoder_input!r}; SPES needs input_features or input_values"
             )
 
 
-MODEL_ADAPTERS: List[Tuple[Type[nn.Module], Callable[[nn.Module], ModelAdapter]]] = []
+MODEL_ADAPTERS: list[tuple[type[nn.Module], Callable[[nn.Module], ModelAdapter]]] = []
 
 
-def register_model_adapter(model_class: Type[nn.Module], factory: Callable[[nn.Module], ModelAdapter]) -> None:
+def register_model_adapter(model_class: type[nn.Module], factory: Callable[[nn.Module], ModelAdapter]) -> None:
     """Use ``factory(model)`` for instances of ``model_class`` (checked before earlier ones)."""
     MODEL_ADAPTERS.insert(0, (model_class, factory))
 

@@ -30,11 +30,12 @@ elements have no effect on a token and their order is Monte-Carlo noise. What us
 earlier, and the utterance map's top tracks them. The default thresholds live in
 :data:`DEFAULT_THRESHOLDS` and were calibrated as docs/results.md section 5 describes.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,10 +54,10 @@ __all__ = [
 #: are what the split-half statistics reach at about 2000 masks on 3 s LibriVox clips with
 #: Whisper tiny.en, the budget at which deletion AUC and the pointing game match a
 #: 20 000-mask map there (docs/results.md, sections 4 and 5). Change them here only.
-DEFAULT_THRESHOLDS: Dict[str, float] = {"utterance_top_overlap": 0.25, "top_overlap": 0.2, "reliability": 0.95}
+DEFAULT_THRESHOLDS: dict[str, float] = {"utterance_top_overlap": 0.25, "top_overlap": 0.2, "reliability": 0.95}
 
 #: name of the statistic reported in ``config()["criterion"]``, per criterion
-STATISTIC_NAMES: Dict[str, str] = {
+STATISTIC_NAMES: dict[str, str] = {
     "utterance_top_overlap": "split_half_utterance_top_overlap",
     "top_overlap": "split_half_top_overlap",
     "reliability": "split_half_reliability_spearman_brown",
@@ -88,7 +89,7 @@ class AdaptiveMasks:
     """
 
     criterion: str = "utterance_top_overlap"
-    threshold: Optional[float] = None
+    threshold: float | None = None
     top_percent: float = 5.0
     round_size: int = 256
     max_masks: int = 20000
@@ -97,7 +98,7 @@ class AdaptiveMasks:
     def __post_init__(self) -> None:
         if not isinstance(self.criterion, str) or self.criterion not in DEFAULT_THRESHOLDS:
             raise ValueError(
-                f"criterion must be one of {sorted(DEFAULT_THRESHOLDS)} (default \"utterance_top_overlap\"), "
+                f'criterion must be one of {sorted(DEFAULT_THRESHOLDS)} (default "utterance_top_overlap"), '
                 f"got {self.criterion!r}"
             )
         if self.threshold is not None:
@@ -122,8 +123,7 @@ class AdaptiveMasks:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.min_masks > self.max_masks:
             raise ValueError(
-                f"min_masks ({self.min_masks}) exceeds max_masks ({self.max_masks}); lower min_masks "
-                "or raise max_masks"
+                f"min_masks ({self.min_masks}) exceeds max_masks ({self.max_masks}); lower min_masks or raise max_masks"
             )
 
     @property
@@ -131,7 +131,7 @@ class AdaptiveMasks:
         """``threshold``, or the criterion's default from :data:`DEFAULT_THRESHOLDS` if None."""
         return float(DEFAULT_THRESHOLDS[self.criterion] if self.threshold is None else self.threshold)
 
-    def config(self) -> Dict[str, Any]:
+    def config(self) -> dict[str, Any]:
         """The rule for the metadata: ``criterion`` names the statistic, ``stop_on`` is the
         ``criterion`` argument, ``threshold`` the resolved value (``threshold_default`` says
         whether it was the criterion's default)."""
@@ -147,7 +147,7 @@ class AdaptiveMasks:
         }
 
 
-def split_half_reliability(first: List[Tensor], second: List[Tensor]) -> float:
+def split_half_reliability(first: list[Tensor], second: list[Tensor]) -> float:
     """Spearman-Brown corrected split-half correlation of two half-maps.
 
     The Pearson correlation is computed per explained token (each row centred on its own
@@ -166,7 +166,9 @@ def split_half_reliability(first: List[Tensor], second: List[Tensor]) -> float:
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
     denominator = (a.square().sum(dim=1) * b.square().sum(dim=1)).sqrt()
-    rows = torch.where(denominator > 0, (a * b).sum(dim=1) / denominator.clamp_min(1e-300), torch.zeros_like(denominator))
+    rows = torch.where(
+        denominator > 0, (a * b).sum(dim=1) / denominator.clamp_min(1e-300), torch.zeros_like(denominator)
+    )
     r = float(rows.mean())
     return 2 * r / (1 + r) if r > -1 else -1.0
 
@@ -183,7 +185,7 @@ def _top_k_mask(scores: Tensor, k: int) -> Tensor:
 
 
 def split_half_top_overlap(
-    first_maps: Tensor, second_maps: Tensor, top_percent: float, valid: Optional[Tensor] = None
+    first_maps: Tensor, second_maps: Tensor, top_percent: float, valid: Tensor | None = None
 ) -> float:
     """Mean over tokens of the overlap between the two half-maps' top elements.
 

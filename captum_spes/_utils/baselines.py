@@ -13,9 +13,8 @@ explicitly:
 * a Tensor shaped like the input (first dimension 1, e.g. ``(1, 80, 3000)``), or like the
   speech frames ``(n_mels, n_frames)``, or broadcastable to them (``(n_mels, 1)``).
 """
-from __future__ import annotations
 
-from typing import Dict, Tuple, Union
+from __future__ import annotations
 
 import torch
 from torch import Tensor
@@ -24,7 +23,7 @@ from captum_spes._utils.adapters import ModelAdapter
 
 __all__ = ["BaselineSpec", "resolve_baseline"]
 
-BaselineSpec = Union[None, str, int, float, Tensor, Tuple]
+BaselineSpec = None | str | int | float | Tensor | tuple
 
 _NAMED = ("channel_mean", "floor")
 
@@ -34,7 +33,7 @@ def resolve_baseline(
     canonical_full: Tensor,
     num_frames: int,
     adapter: ModelAdapter,
-) -> Tuple[Tensor, Dict[str, object]]:
+) -> tuple[Tensor, dict[str, object]]:
     """Resolve ``baselines`` to a tensor broadcastable to ``(n_mels, num_frames)``.
 
     Returns:
@@ -42,9 +41,7 @@ def resolve_baseline(
     """
     if isinstance(baselines, tuple):
         if len(baselines) != 1:
-            raise ValueError(
-                f"SPES takes one input tensor, so baselines must hold one entry, got {len(baselines)}"
-            )
+            raise ValueError(f"SPES takes one input tensor, so baselines must hold one entry, got {len(baselines)}")
         baselines = baselines[0]
     speech = canonical_full[:, :num_frames]
     if baselines is None or (isinstance(baselines, str) and baselines == "channel_mean"):
@@ -53,9 +50,7 @@ def resolve_baseline(
         if baselines == "floor":
             value = adapter.floor_value(canonical_full, num_frames)
             return value.reshape(1, 1).to(speech.dtype), {"kind": "floor", "value": float(value)}
-        raise ValueError(
-            f"baselines={baselines!r} is not known; use one of {list(_NAMED)}, a number, or a tensor"
-        )
+        raise ValueError(f"baselines={baselines!r} is not known; use one of {list(_NAMED)}, a number, or a tensor")
     if isinstance(baselines, bool):
         raise TypeError("baselines must be a number, a name or a tensor, not a bool")
     if isinstance(baselines, (int, float)):
@@ -83,6 +78,4 @@ def resolve_baseline(
                 "or a shape broadcastable to them such as (n_mels, 1)"
             ) from None
         return tensor, {"kind": "tensor", "shape": list(baselines.shape)}
-    raise TypeError(
-        f"baselines must be None, {list(_NAMED)}, a number or a tensor, got {type(baselines).__name__}"
-    )
+    raise TypeError(f"baselines must be None, {list(_NAMED)}, a number or a tensor, got {type(baselines).__name__}")

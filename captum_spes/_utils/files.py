@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """File-writing policy shared by every writer: nothing a user saved is replaced silently."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 __all__ = ["refuse_overwrite"]
 
 
-def refuse_overwrite(path: Union[str, "os.PathLike[str]"], overwrite: bool) -> Path:
+def refuse_overwrite(path: str | os.PathLike[str], overwrite: bool) -> Path:
     """Return ``path`` as a Path; raise FileExistsError if it exists and ``overwrite`` is False."""
     target = Path(path)
     if target.exists() and not overwrite:

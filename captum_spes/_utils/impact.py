@@ -7,9 +7,10 @@ ones ``(batch, num_targets, vocab)`` and the explained token ids ``(num_targets,
 ``prob_drop`` is the paper's ablation ``p_clean(y_k) - p_perturbed(y_k)``. Add measures with
 :func:`register_impact_measure` (as inseq registers step functions).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Dict, Union
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -70,7 +71,7 @@ def probability_drop(clean_log_probs: Tensor, perturbed_log_probs: Tensor, targe
     return clean[None] - perturbed
 
 
-IMPACT_MEASURES: Dict[str, ImpactMeasure] = {
+IMPACT_MEASURES: dict[str, ImpactMeasure] = {
     "kl": kl_divergence,
     "prob_drop": probability_drop,
 }
@@ -85,7 +86,7 @@ def register_impact_measure(name: str, measure: ImpactMeasure) -> None:
     IMPACT_MEASURES[name] = measure
 
 
-def resolve_impact_measure(impact: Union[str, ImpactMeasure]) -> ImpactMeasure:
+def resolve_impact_measure(impact: str | ImpactMeasure) -> ImpactMeasure:
     """Look up a registered measure by name, or accept a callable."""
     if callable(impact):
         return impact

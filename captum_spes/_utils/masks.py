@@ -12,11 +12,13 @@ ablation perturbators ``discrete_fbank_time``, ``discrete_fbank_frequency``,
 ``continuous_fbank``) and :class:`CustomMasks` (user ids, e.g. word-aligned segments).
 New families are added with :func:`register_mask_family`.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,10 +50,10 @@ class MaskLevel:
 
     labels: Tensor
     num_segments: int
-    requested_segments: Optional[int] = None
+    requested_segments: int | None = None
 
 
-def _relabel(labels: Tensor) -> Tuple[Tensor, int]:
+def _relabel(labels: Tensor) -> tuple[Tensor, int]:
     """Make ids contiguous from 0, preserving their order."""
     unique, inverse = torch.unique(labels, return_inverse=True)
     return inverse.reshape(labels.shape).to(torch.long), int(unique.numel())
@@ -64,7 +66,7 @@ class MaskFamily(ABC):
     name: str = ""
 
     @abstractmethod
-    def segment(self, spectrogram: Tensor) -> List[MaskLevel]:
+    def segment(self, spectrogram: Tensor) -> list[MaskLevel]:
         """Segment one utterance.
 
         Args:
@@ -75,7 +77,7 @@ class MaskFamily(ABC):
         """
 
     @abstractmethod
-    def config(self) -> Dict[str, Any]:
+    def config(self) -> dict[str, Any]:
         """JSON-serialisable parameters, saved with every explanation."""
 
 
@@ -116,15 +118,13 @@ class SLICMasks(MaskFamily):
         compactness: float = 0.1,
         sigma: float = 1.0,
         reference_duration: int = 500,
-        threshold_duration: Optional[int] = 750,
+        threshold_duration: int | None = 750,
         dynamic: bool = True,
         cmvn: bool = False,
     ) -> None:
         n_segments = [int(n) for n in n_segments]
         if not n_segments or any(n < 1 for n in n_segments):
-            raise ValueError(
-                f"n_segments must be a non-empty sequence of positive ints, got {n_segments}"
-            )
+            raise ValueError(f"n_segments must be a non-empty sequence of positive ints, got {n_segments}")
         if compactness <= 0:
             raise ValueError(f"compactness must be > 0, got {compactness}")
         if sigma < 0:
@@ -132,9 +132,7 @@ class SLICMasks(MaskFamily):
         if reference_duration < 1:
             raise ValueError(f"reference_duration must be >= 1 frame, got {reference_duration}")
         if threshold_duration is not None and threshold_duration < 1:
-            raise ValueError(
-                f"threshold_duration must be >= 1 frame or None, got {threshold_duration}"
-            )
+            raise ValueError(f"threshold_duration must be >= 1 frame or None, got {threshold_duration}")
         self.n_segments = n_segments
         self.compactness = float(compactness)
         self.sigma = float(sigma)
@@ -143,7 +141,7 @@ class SLICMasks(MaskFamily):
         self.dynamic = bool(dynamic)
         self.cmvn = bool(cmvn)
 
-    def requested_segments(self, num_frames: int) -> List[int]:
+    def requested_segments(self, num_frames: int) -> list[int]:
         """Segment count requested per level for an utterance of ``num_frames`` frames."""
         if not self.dynamic:
             return list(self.n_segments)
@@ -161,7 +159,7 @@ class SLICMasks(MaskFamily):
         lo, hi = image.min(), image.max()
         return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
 
-    def segment(self, spectrogram: Tensor) -> List[MaskLevel]:
+    def segment(self, spectrogram: Tensor) -> list[MaskLevel]:
         from skimage.segmentation import slic
 
         image = self._image(spectrogram)
@@ -179,7 +177,7 @@ class SLICMasks(MaskFamily):
             levels.append(MaskLevel(relabeled, count, requested))
         return levels
 
-    def config(self) -> Dict[str, Any]:
+    def config(self) -> dict[str, Any]:
         return {
             "family": self.name,
             "n_segments": self.n_segments,
@@ -196,7 +194,7 @@ def _group_ids(length: int, group: int) -> Tensor:
     return torch.arange(length) // group
 
 
-def _check_group_sizes(sizes: Union[int, Sequence[int]], argument: str) -> List[int]:
+def _check_group_sizes(sizes: int | Sequence[int], argument: str) -> list[int]:
     values = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]
     if not values or any((not isinstance(v, int)) or v < 1 for v in values):
         raise ValueError(f"{argument} must be a positive int or a sequence of them, got {sizes!r}")
@@ -213,10 +211,10 @@ class TimeMasks(MaskFamily):
 
     name = "time"
 
-    def __init__(self, frames_per_segment: Union[int, Sequence[int]] = 1) -> None:
+    def __init__(self, frames_per_segment: int | Sequence[int] = 1) -> None:
         self.frames_per_segment = _check_group_sizes(frames_per_segment, "frames_per_segment")
 
-    def segment(self, spectrogram: Tensor) -> List[MaskLevel]:
+    def segment(self, spectrogram: Tensor) -> list[MaskLevel]:
         n_mels, n_frames = spectrogram.shape
         levels = []
         for group in self.frames_per_segment:
@@ -225,7 +223,7 @@ class TimeMasks(MaskFamily):
             levels.append(MaskLevel(labels, int(ids[-1]) + 1, None))
         return levels
 
-    def config(self) -> Dict[str, Any]:
+    def config(self) -> dict[str, Any]:
         return {"family": self.name, "frames_per_segment": self.frames_per_segment}
 
 
@@ -239,10 +237,10 @@ class FrequencyMasks(MaskFamily):
 
     name = "frequency"
 
-    def __init__(self, bins_per_segment: Union[int, Sequence[int]] = 1) -> None:
+    def __init__(self, bins_per_segment: int | Sequence[int] = 1) -> None:
         self.bins_per_segment = _check_group_sizes(bins_per_segment, "bins_per_segment")
 
-    def segment(self, spectrogram: Tensor) -> List[MaskLevel]:
+    def segment(self, spectrogram: Tensor) -> list[MaskLevel]:
         n_mels, n_frames = spectrogram.shape
         levels = []
         for group in self.bins_per_segment:
@@ -251,7 +249,7 @@ class FrequencyMasks(MaskFamily):
             levels.append(MaskLevel(labels, int(ids[-1]) + 1, None))
         return levels
 
-    def config(self) -> Dict[str, Any]:
+    def config(self) -> dict[str, Any]:
         return {"family": self.name, "bins_per_segment": self.bins_per_segment}
 
 
@@ -260,12 +258,12 @@ class ElementMasks(MaskFamily):
 
     name = "element"
 
-    def segment(self, spectrogram: Tensor) -> List[MaskLevel]:
+    def segment(self, spectrogram: Tensor) -> list[MaskLevel]:
         n_mels, n_frames = spectrogram.shape
         labels = torch.arange(n_mels * n_frames).reshape(n_mels, n_frames)
         return [MaskLevel(labels, n_mels * n_frames, None)]
 
-    def config(self) -> Dict[str, Any]:
+    def config(self) -> dict[str, Any]:
         return {"family": self.name}
 
 
@@ -282,7 +280,7 @@ class CustomMasks(MaskFamily):
 
     name = "custom"
 
-    def __init__(self, feature_masks: Union[Tensor, Sequence[Tensor]]) -> None:
+    def __init__(self, feature_masks: Tensor | Sequence[Tensor]) -> None:
         masks = [feature_masks] if isinstance(feature_masks, Tensor) else list(feature_masks)
         if not masks:
             raise ValueError("feature_mask must hold at least one label map")
@@ -297,10 +295,10 @@ class CustomMasks(MaskFamily):
     @classmethod
     def from_intervals(
         cls,
-        intervals: Sequence[Tuple[float, float]],
+        intervals: Sequence[tuple[float, float]],
         num_frames: int,
         frame_rate: float = 100.0,
-    ) -> "CustomMasks":
+    ) -> CustomMasks:
         """Time segments from ``(start_s, end_s)`` intervals, e.g. aligned words.
 
         Frames outside every interval form one extra segment each gap, so every frame
@@ -318,7 +316,7 @@ class CustomMasks(MaskFamily):
             ids[gap] = len(intervals) + torch.cumsum(run_start.long(), 0)[gap] - 1
         return cls(ids[None, :])
 
-    def segment(self, spectrogram: Tensor) -> List[MaskLevel]:
+    def segment(self, spectrogram: Tensor) -> list[MaskLevel]:
         shape = tuple(spectrogram.shape)
         levels = []
         for i, mask in enumerate(self.feature_masks):
@@ -337,11 +335,11 @@ class CustomMasks(MaskFamily):
             levels.append(MaskLevel(relabeled, count, None))
         return levels
 
-    def config(self) -> Dict[str, Any]:
+    def config(self) -> dict[str, Any]:
         return {"family": self.name, "num_levels": len(self.feature_masks)}
 
 
-MASK_FAMILIES: Dict[str, Callable[..., MaskFamily]] = {
+MASK_FAMILIES: dict[str, Callable[..., MaskFamily]] = {
     "slic": SLICMasks,
     "time": TimeMasks,
     "frequency": FrequencyMasks,
@@ -356,9 +354,7 @@ def register_mask_family(name: str, factory: Callable[..., MaskFamily]) -> None:
     MASK_FAMILIES[name] = factory
 
 
-def resolve_mask_family(
-    feature_mask: Union[None, str, MaskFamily, Tensor, Sequence[Tensor]]
-) -> MaskFamily:
+def resolve_mask_family(feature_mask: None | str | MaskFamily | Tensor | Sequence[Tensor]) -> MaskFamily:
     """Turn SPES's ``feature_mask`` argument into a :class:`MaskFamily`.
 
     None gives the method's default (:class:`SLICMasks` with the published settings).

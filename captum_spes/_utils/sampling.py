@@ -6,10 +6,11 @@ each seeded from ``(seed, stream)``. Mask ``j`` of a level is always the ``j``-t
 stream, so any batch size (``perturbations_per_eval``) and any device give the same masks.
 An element is occluded iff ``U < p`` with ``U ~ Uniform[0, 1)`` (one rule, no inversion).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ _TOKEN_STREAM = 1
 _ROUND_STREAM = 2
 
 
-def split_masks_across_levels(n_masks: int, num_levels: int) -> List[int]:
+def split_masks_across_levels(n_masks: int, num_levels: int) -> list[int]:
     """Masks per level: consecutive blocks, the remainder spread over the first levels.
 
     Unlike the reference, which lowers ``n_masks`` to a multiple of the level count
@@ -54,8 +55,8 @@ class MaskBatch:
 
     start: int
     size: int
-    level_rows: List[tuple]
-    token_occluded: Optional[Tensor]
+    level_rows: list[tuple]
+    token_occluded: Tensor | None
 
 
 class MaskSampler:
@@ -79,12 +80,12 @@ class MaskSampler:
         self,
         segments_per_level: Sequence[int],
         masks_per_level: Sequence[int],
-        p: Optional[float],
-        token_p: Optional[float],
+        p: float | None,
+        token_p: float | None,
         num_tokens: int,
         seed: int,
-        token_maskable: Optional[Tensor] = None,
-        round_index: Optional[int] = None,
+        token_maskable: Tensor | None = None,
+        round_index: int | None = None,
     ) -> None:
         self.segments_per_level = list(segments_per_level)
         self.masks_per_level = list(masks_per_level)

@@ -5,6 +5,7 @@ r"""SPES against Captum baselines on one utterance: cost, faithfulness, compactn
 >>> report = compare(wrapper, features, n_masks=500)
 >>> report.print(); report.to_csv("comparison.csv"); fig, axes = report.plot()
 """
+
 from captum_spes.comparison.cli import add_compare_arguments, run_compare
 from captum_spes.comparison.core import DEFAULT_METHODS, METRICS, compare, prepare_context
 from captum_spes.comparison.methods import METHODS, SpeechOnlyForward, count_passes

@@ -4,12 +4,12 @@ r"""``captum-spes compare AUDIO``: the comparison table of one audio file, from 
 The project's ``captum_spes/cli.py`` registers the sub-command with
 :func:`add_compare_arguments` and dispatches to :func:`run_compare`.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import List
 
 from captum_spes.comparison.core import DEFAULT_METHODS, METRICS
 
@@ -19,7 +19,7 @@ __all__ = ["add_compare_arguments", "run_compare", "MAX_SECONDS"]
 MAX_SECONDS = 30.0
 
 
-def _names(value: str, allowed: tuple, what: str) -> List[str]:
+def _names(value: str, allowed: tuple, what: str) -> list[str]:
     names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [n for n in names if n not in allowed]
     if unknown or not names:

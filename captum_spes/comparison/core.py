@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 r""":func:`compare`: SPES against Captum baselines on one utterance, with costs and metrics."""
+
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -56,15 +58,15 @@ def prepare_context(
     wrapper: SpeechSeq2SeqWrapper,
     features: Tensor,
     *,
-    options: Dict[str, Any],
+    options: dict[str, Any],
     target: TargetType = None,
-    num_frames: Optional[int] = None,
+    num_frames: int | None = None,
     baselines: BaselineSpec = None,
-    feature_mask: Union[None, str, MaskFamily] = None,
+    feature_mask: None | str | MaskFamily = None,
     seed: int = 0,
     batch_size: int = 8,
-    prompt_ids: Optional[Sequence[int]] = None,
-    generate_kwargs: Optional[Dict[str, Any]] = None,
+    prompt_ids: Sequence[int] | None = None,
+    generate_kwargs: dict[str, Any] | None = None,
 ) -> MethodContext:
     r"""What every method of :func:`compare` shares for one utterance: the frozen hypothesis,
     the speech frames, the baseline ``(n_mels, num_frames)`` and SPES's segmentation.
@@ -114,26 +116,26 @@ def compare(
     features: Tensor,
     *,
     methods: Sequence[str] = DEFAULT_METHODS,
-    n_masks: Union[int, Sequence[int]] = 2000,
+    n_masks: int | Sequence[int] = 2000,
     target: TargetType = None,
-    num_frames: Optional[int] = None,
-    references: Optional[str] = None,
-    alignments: Optional[AlignmentLike] = None,
-    alignment_tier: Optional[str] = "words",
+    num_frames: int | None = None,
+    references: str | None = None,
+    alignments: AlignmentLike | None = None,
+    alignment_tier: str | None = "words",
     metrics: Sequence[str] = METRICS,
-    decode_fn: Optional[DecodeFn] = None,
+    decode_fn: DecodeFn | None = None,
     seed: int = 0,
     levels_step: float = 10,
     batch_size: int = 8,
     baselines: BaselineSpec = None,
-    feature_mask: Union[None, str, MaskFamily] = None,
+    feature_mask: None | str | MaskFamily = None,
     ablation_level: int = 0,
     occlusion_window: Sequence[int] = (16, 10),
-    occlusion_strides: Optional[Sequence[int]] = None,
+    occlusion_strides: Sequence[int] | None = None,
     ig_steps: int = 16,
-    spes_kwargs: Optional[Dict[str, Any]] = None,
-    generate_kwargs: Optional[Dict[str, Any]] = None,
-    prompt_ids: Optional[Sequence[int]] = None,
+    spes_kwargs: dict[str, Any] | None = None,
+    generate_kwargs: dict[str, Any] | None = None,
+    prompt_ids: Sequence[int] | None = None,
     plausibility_tolerance: float = 0.0,
 ) -> ComparisonReport:
     r"""Explain one utterance with SPES and Captum baselines and compare cost and quality.
@@ -264,11 +266,24 @@ def compare(
 
     if wanted & {"deletion", "insertion"} and decode_fn is None:
         if wrapper.processor is None:
-            raise ValueError("deletion/insertion re-decode the perturbed inputs: pass decode_fn= or a wrapper with a processor")
+            raise ValueError(
+                "deletion/insertion re-decode the perturbed inputs: pass decode_fn= or a wrapper with a processor"
+            )
         decode_fn = make_generate_decoder(wrapper.model, wrapper.processor, generate_kwargs, batch_size)
     for row in rows:
-        _score(row, ctx, wanted, decode_fn, references, levels_step, baselines, batch_size,
-               alignments, alignment_tier, plausibility_tolerance)
+        _score(
+            row,
+            ctx,
+            wanted,
+            decode_fn,
+            references,
+            levels_step,
+            baselines,
+            batch_size,
+            alignments,
+            alignment_tier,
+            plausibility_tolerance,
+        )
 
     return ComparisonReport(
         rows=rows,
@@ -304,13 +319,13 @@ def _score(
     row: MethodResult,
     ctx: MethodContext,
     wanted: set,
-    decode_fn: Optional[DecodeFn],
-    references: Optional[str],
+    decode_fn: DecodeFn | None,
+    references: str | None,
     levels_step: float,
     baselines: BaselineSpec,
     batch_size: int,
-    alignments: Optional[AlignmentLike],
-    tier: Optional[str],
+    alignments: AlignmentLike | None,
+    tier: str | None,
     tolerance: float,
 ) -> None:
     maps = row.attributions

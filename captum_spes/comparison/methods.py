@@ -13,12 +13,14 @@ Model passes are counted by wrapping the adapter's teacher-forced ``logits`` cal
 ``b`` perturbed inputs counts ``b``), one backward pass is one row whose gradient reaches
 the input (a hook on the logits). This is what a method costs, whatever its batching.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any
 
 import torch
 from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, Occlusion, Saliency
@@ -64,7 +66,7 @@ def count_passes(wrapper: SpeechSeq2SeqWrapper) -> Iterator[PassCount]:
     had_own = "logits" in vars(adapter)
     original = adapter.logits
 
-    def counted(decoder_input_ids: Tensor, model_inputs: Optional[Tensor] = None, encoder_outputs: Any = None) -> Tensor:
+    def counted(decoder_input_ids: Tensor, model_inputs: Tensor | None = None, encoder_outputs: Any = None) -> Tensor:
         logits = original(decoder_input_ids, model_inputs=model_inputs, encoder_outputs=encoder_outputs)
         rows = int(decoder_input_ids.shape[0])
         counts.forward += rows
@@ -121,9 +123,7 @@ class SpeechOnlyForward:
 
     def __call__(self, speech: Tensor) -> Tensor:
         if speech.dim() != 3 or speech.shape[-1] != self.num_frames:
-            raise ValueError(
-                f"expected speech frames (batch, n_mels, {self.num_frames}), got {tuple(speech.shape)}"
-            )
+            raise ValueError(f"expected speech frames (batch, n_mels, {self.num_frames}), got {tuple(speech.shape)}")
         padding = self.padding.to(speech).expand(speech.shape[0], *self.padding.shape)
         full = torch.cat([speech, padding], dim=2)
         return self.wrapper.token_log_probs(self.wrapper.adapter.from_canonical(full))
@@ -153,10 +153,10 @@ class MethodContext:
     baseline: Tensor
     hypothesis: Hypothesis
     feature_mask: MaskFamily
-    levels: List[MaskLevel]
+    levels: list[MaskLevel]
     seed: int
     batch_size: int
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def speech(self) -> Tensor:
@@ -172,7 +172,7 @@ def occlusion_windows(num_frames: int, n_mels: int, window: Sequence[int], strid
     return math.prod(math.ceil((d - w) / s) + 1 for d, w, s in zip((n_mels, num_frames), window, strides))
 
 
-def _occlusion_window(ctx: MethodContext) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+def _occlusion_window(ctx: MethodContext) -> tuple[tuple[int, int], tuple[int, int]]:
     n_mels = ctx.canonical_full.shape[0]
     mels, frames = ctx.options.get("occlusion_window", (16, 10))
     # A window may not exceed the input; clamp for very short utterances.
@@ -191,7 +191,7 @@ def _check_per_token(maps: Tensor, ctx: MethodContext, name: str) -> Tensor:
 
 
 # ----- the methods ---------------------------------------------------------------------
-def _spes(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
+def _spes(ctx: MethodContext) -> tuple[Tensor, dict[str, Any]]:
     kwargs = dict(ctx.options.get("spes_kwargs") or {})
     # Spectrogram maps only by default: the other methods have no token map, and SPES's
     # decoupled token passes would add decoder-only passes to its cost column.
@@ -211,7 +211,7 @@ def _spes(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
     return result.spectrogram_attr, {"spes_result": result, "n_masks": result.metadata["n_masks"]}
 
 
-def _occlusion(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
+def _occlusion(ctx: MethodContext) -> tuple[Tensor, dict[str, Any]]:
     window, strides = _occlusion_window(ctx)
     baseline = ctx.baseline[None]
     # target=None: the forward returns (1, K + 1), so one occlusion run attributes all tokens
@@ -228,7 +228,7 @@ def _occlusion(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
     return maps, {"window": window, "strides": strides, "windows": n_windows}
 
 
-def _feature_ablation(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
+def _feature_ablation(ctx: MethodContext) -> tuple[Tensor, dict[str, Any]]:
     level = int(ctx.options.get("ablation_level", 0))
     if not 0 <= level < len(ctx.levels):
         raise ValueError(f"ablation_level must be in [0, {len(ctx.levels)}), got {level}")
@@ -254,7 +254,7 @@ def _per_token_gradients(ctx: MethodContext, method: Any, **attribute_kwargs: An
     return torch.stack(rows)
 
 
-def _integrated_gradients(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
+def _integrated_gradients(ctx: MethodContext) -> tuple[Tensor, dict[str, Any]]:
     n_steps = int(ctx.options.get("ig_steps", 16))
     baseline = ctx.baseline[None]
     maps = _per_token_gradients(
@@ -267,25 +267,25 @@ def _integrated_gradients(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
     return maps, {"n_steps": n_steps, "baseline": "same as SPES"}
 
 
-def _saliency(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
+def _saliency(ctx: MethodContext) -> tuple[Tensor, dict[str, Any]]:
     # abs=False keeps the signed gradient, like the other methods' raw maps.
     return _per_token_gradients(ctx, Saliency(ctx.forward()), abs=False), {"abs": False}
 
 
-def _input_x_gradient(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
+def _input_x_gradient(ctx: MethodContext) -> tuple[Tensor, dict[str, Any]]:
     return _per_token_gradients(ctx, InputXGradient(ctx.forward())), {}
 
 
-def _random(ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any]]:
+def _random(ctx: MethodContext) -> tuple[Tensor, dict[str, Any]]:
     generator = torch.Generator().manual_seed(ctx.seed)
     shape = (ctx.hypothesis.num_explained, ctx.canonical_full.shape[0], ctx.num_frames)
     return torch.randn(shape, generator=generator), {"distribution": "N(0, 1)"}
 
 
-MethodFn = Callable[[MethodContext], Tuple[Tensor, Dict[str, Any]]]
+MethodFn = Callable[[MethodContext], tuple[Tensor, dict[str, Any]]]
 
 #: name -> runner; each returns raw per-token maps (num_tokens, n_mels, num_frames) and settings.
-METHODS: Dict[str, MethodFn] = {
+METHODS: dict[str, MethodFn] = {
     "spes": _spes,
     "occlusion": _occlusion,
     "feature_ablation": _feature_ablation,
@@ -296,7 +296,7 @@ METHODS: Dict[str, MethodFn] = {
 }
 
 
-def run_method(name: str, ctx: MethodContext) -> Tuple[Tensor, Dict[str, Any], PassCount]:
+def run_method(name: str, ctx: MethodContext) -> tuple[Tensor, dict[str, Any], PassCount]:
     r"""Run one method under the pass counter.
 
     Returns:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 r"""The table :func:`~captum_spes.comparison.compare` returns: costs, metrics and maps per method."""
+
 from __future__ import annotations
 
 import csv
@@ -8,7 +9,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, TextIO, Tuple, Union
+from typing import Any, TextIO
 
 from torch import Tensor
 
@@ -70,9 +71,9 @@ class MethodResult:
     size_auc: float = math.nan
     plausibility_mass: float = math.nan
     plausibility_pointing: float = math.nan
-    details: Dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
-    def record(self) -> Dict[str, Any]:
+    def record(self) -> dict[str, Any]:
         """The row as a dict over :data:`COLUMNS`."""
         return {name: getattr(self, name) for name in COLUMNS}
 
@@ -98,12 +99,12 @@ class ComparisonReport:
         settings (dict): budgets, metric settings and what each column means.
     """
 
-    rows: List[MethodResult]
+    rows: list[MethodResult]
     text: str
-    tokens: List[str]
+    tokens: list[str]
     num_frames: int
     frame_rate: float
-    settings: Dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, method: str) -> MethodResult:
         for row in self.rows:
@@ -112,24 +113,24 @@ class ComparisonReport:
         raise KeyError(f"no method {method!r} in this report; it has {[r.method for r in self.rows]}")
 
     @property
-    def methods(self) -> List[str]:
+    def methods(self) -> list[str]:
         return [row.method for row in self.rows]
 
     @property
-    def utterance_maps(self) -> Dict[str, Tensor]:
+    def utterance_maps(self) -> dict[str, Tensor]:
         """Method -> ``(n_mels, num_frames)`` utterance map."""
         return {row.method: row.utterance_map for row in self.rows}
 
     @property
-    def attributions(self) -> Dict[str, Tensor]:
+    def attributions(self) -> dict[str, Tensor]:
         """Method -> raw per-token maps ``(num_tokens, n_mels, num_frames)``."""
         return {row.method: row.attributions for row in self.rows}
 
-    def records(self) -> List[Dict[str, Any]]:
+    def records(self) -> list[dict[str, Any]]:
         return [row.record() for row in self.rows]
 
     # ----- text -----------------------------------------------------------------------
-    def _cells(self) -> Tuple[List[str], List[List[str]]]:
+    def _cells(self) -> tuple[list[str], list[list[str]]]:
         headers = [_HEADERS[c] for c in COLUMNS]
         return headers, [[_format(row.record()[c]) for c in COLUMNS] for row in self.rows]
 
@@ -150,7 +151,7 @@ class ComparisonReport:
         headers, body = self._cells()
         widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
 
-        def line(cells: List[str]) -> str:
+        def line(cells: list[str]) -> str:
             first = cells[0].ljust(widths[0])
             return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
 
@@ -160,11 +161,11 @@ class ComparisonReport:
     def __str__(self) -> str:
         return self.to_string()
 
-    def print(self, file: Optional[TextIO] = None) -> None:
+    def print(self, file: TextIO | None = None) -> None:
         """Print :meth:`to_string` (to stdout by default)."""
         (file or sys.stdout).write(self.to_string())
 
-    def to_csv(self, path: Union[str, "os.PathLike[str]"]) -> Path:
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write the rows (machine-readable column names, full precision); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +176,7 @@ class ComparisonReport:
         return path
 
     # ----- figure ---------------------------------------------------------------------
-    def plot(self, show: bool = False, cmap: str = "viridis") -> Tuple[Any, Any]:
+    def plot(self, show: bool = False, cmap: str = "viridis") -> tuple[Any, Any]:
         r"""The utterance maps side by side, time in seconds.
 
         Each panel has its own colour scale (the maps are min-max normalised per token, so

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -61,8 +61,8 @@ class Sample:
     sampling_rate: int
     transcript: str
     language: str
-    words: Optional[list[AlignedInterval]] = field(repr=False)
-    phones: Optional[list[AlignedInterval]] = field(repr=False)
+    words: list[AlignedInterval] | None = field(repr=False)
+    phones: list[AlignedInterval] | None = field(repr=False)
     path: Path
     license: str
     attribution: str
@@ -90,9 +90,7 @@ def list_samples() -> list[str]:
     root = _samples_root()
     if not root.is_dir():
         return []
-    return sorted(
-        d.name for d in root.iterdir() if d.is_dir() and (d / "meta.json").is_file()
-    )
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and (d / "meta.json").is_file())
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
@@ -117,8 +115,7 @@ def load_sample(name: str) -> Sample:
     available = list_samples()
     if name not in available:
         raise ValueError(
-            f"unknown sample name {name!r}; available samples: {available}. "
-            "Pass one of these names to load_sample()."
+            f"unknown sample name {name!r}; available samples: {available}. Pass one of these names to load_sample()."
         )
     folder = _samples_root() / name
     meta = _read_meta(folder)
@@ -126,8 +123,8 @@ def load_sample(name: str) -> Sample:
     waveform = load_audio(audio_path, TARGET_SAMPLING_RATE)
     transcript = (folder / "transcript.txt").read_text(encoding="utf-8").strip()
 
-    words: Optional[list[AlignedInterval]] = None
-    phones: Optional[list[AlignedInterval]] = None
+    words: list[AlignedInterval] | None = None
+    phones: list[AlignedInterval] | None = None
     if meta.get("textgrid"):
         tg_path = folder / meta["textgrid"]
         words = read_textgrid(tg_path, meta.get("word_tier", "words"))

@@ -9,9 +9,10 @@ dependency imported lazily, so importing this module never fails).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Union
 
 __all__ = ["AlignedInterval", "SILENCE_LABELS", "read_textgrid"]
 
@@ -21,9 +22,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: phone: empty (MFA, Praat), "sil"/"sp"/"spn" (Kaldi, HTK, MFA ARPAbet),
 #: "<eps>" (Kaldi/OpenFst), "<sil>"/"<s>"/"</s>" (CMU Sphinx). Compared
 #: case-insensitively after stripping whitespace.
-SILENCE_LABELS: frozenset[str] = frozenset(
-    {"", "sil", "sp", "spn", "<eps>", "<sil>", "<s>", "</s>", "sil_b", "sil_e"}
-)
+SILENCE_LABELS: frozenset[str] = frozenset({"", "sil", "sp", "spn", "<eps>", "<sil>", "<s>", "</s>", "sil_b", "sil_e"})
 
 
 @dataclass(frozen=True)
@@ -62,9 +61,7 @@ class AlignedInterval:
             ``slice(round(start * sr), round(end * sr))`` for indexing an
             array of shape ``(num_samples,)``.
         """
-        return slice(
-            int(round(self.start * sampling_rate)), int(round(self.end * sampling_rate))
-        )
+        return slice(int(round(self.start * sampling_rate)), int(round(self.end * sampling_rate)))
 
 
 def read_textgrid(
@@ -72,7 +69,7 @@ def read_textgrid(
     tier: str,
     *,
     drop_silence: bool = True,
-    silence_labels: Optional[Iterable[str]] = None,
+    silence_labels: Iterable[str] | None = None,
 ) -> list[AlignedInterval]:
     """Read one interval tier of a Praat TextGrid.
 
@@ -101,15 +98,11 @@ def read_textgrid(
     """
     p = Path(os.fspath(path))
     if not p.is_file():
-        raise FileNotFoundError(
-            f"TextGrid file not found: '{p}'; check the path argument."
-        )
+        raise FileNotFoundError(f"TextGrid file not found: '{p}'; check the path argument.")
     try:
         from praatio import textgrid as _tg
     except ImportError as exc:  # pragma: no cover - praatio is a dependency
-        raise ImportError(
-            "read_textgrid needs praatio; install it with `pip install 'praatio>=6.0'`."
-        ) from exc
+        raise ImportError("read_textgrid needs praatio; install it with `pip install 'praatio>=6.0'`.") from exc
 
     try:
         # Keep empty intervals here; dropping them is our decision below.
@@ -123,8 +116,7 @@ def read_textgrid(
     names = list(grid.tierNames)
     if tier not in names:
         raise ValueError(
-            f"tier {tier!r} not found in '{p}'; available tiers: {names}. "
-            "Pass one of these as the tier argument."
+            f"tier {tier!r} not found in '{p}'; available tiers: {names}. Pass one of these as the tier argument."
         )
     t = grid.getTier(tier)
     if not hasattr(t, "entries") or t.entryType.__name__ != "Interval":
@@ -133,10 +125,7 @@ def read_textgrid(
             f"pass an interval tier (available tiers: {names})."
         )
 
-    silence = {
-        s.strip().lower()
-        for s in (SILENCE_LABELS if silence_labels is None else silence_labels)
-    }
+    silence = {s.strip().lower() for s in (SILENCE_LABELS if silence_labels is None else silence_labels)}
     out: list[AlignedInterval] = []
     for entry in t.entries:
         label = str(entry.label).strip()

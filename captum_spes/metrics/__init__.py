@@ -9,6 +9,7 @@ r"""Evaluation of speech-to-text explanations (reference §12), for maps from an
 
 WER comes from ``jiwer`` and BLEU from ``sacrebleu`` (``pip install 'captum-spes[eval]'``).
 """
+
 from captum_spes.metrics._text import corpus_bleu, corpus_wer, mean_sentence_bleu, normalize_transcript
 from captum_spes.metrics.deletion import (
     PerturbationCurve,

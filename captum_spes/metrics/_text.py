@@ -10,11 +10,12 @@ normalisation), which is the default here (``normalize_text=False``). With
 punctuation character) and have runs of whitespace collapsed, as Whisper evaluations
 usually do. BLEU is computed by sacrebleu with its default ``13a`` tokeniser on the raw text.
 """
+
 from __future__ import annotations
 
 import re
 import unicodedata
-from typing import List, Sequence
+from collections.abc import Sequence
 
 __all__ = ["normalize_transcript", "corpus_wer", "corpus_bleu", "mean_sentence_bleu", "TEXT_METRICS", "score_texts"]
 
@@ -120,7 +121,7 @@ def score_texts(metric: str, references: Sequence[str], hypotheses: Sequence[str
     raise ValueError(f"metric must be one of {sorted(TEXT_METRICS)}, got {metric!r}")
 
 
-def as_text_list(values: Sequence[str], name: str, count: int) -> List[str]:
+def as_text_list(values: Sequence[str], name: str, count: int) -> list[str]:
     """Check a per-utterance list of strings (a lone str counts as one utterance)."""
     items = [values] if isinstance(values, str) else list(values)
     if len(items) != count or not all(isinstance(v, str) for v in items):

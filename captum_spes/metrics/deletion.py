@@ -22,12 +22,14 @@ Direction: for deletion a higher WER AUC (lower BLEU AUC) is more faithful; for 
 lower WER AUC (higher BLEU AUC) is. Ties in the ranking are broken by flat index
 (``mel * n_frames + frame``, lower first), so results are deterministic.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,8 +53,8 @@ __all__ = [
     "deletion_curve_teacher_forced",
 ]
 
-AttributionLike = Union[SPESResult, Tensor]
-DecodeFn = Callable[[Tensor], List[str]]
+AttributionLike = SPESResult | Tensor
+DecodeFn = Callable[[Tensor], list[str]]
 MODES = ("deletion", "insertion")
 
 
@@ -86,14 +88,14 @@ class PerturbationCurve:
     direction: str
     scale: str
     num_replaced: Tensor
-    utterance_scores: Optional[Tensor] = None
-    hypotheses: Optional[List[List[str]]] = None
-    references: Optional[List[str]] = None
-    settings: Dict[str, Any] = field(default_factory=dict)
+    utterance_scores: Tensor | None = None
+    hypotheses: list[list[str]] | None = None
+    references: list[str] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 # ----- levels, ranking, masks -----------------------------------------------------------
-def percent_levels(step: float = 5, max_percent: float = 100, levels: Optional[Sequence[float]] = None) -> List[float]:
+def percent_levels(step: float = 5, max_percent: float = 100, levels: Sequence[float] | None = None) -> list[float]:
     r"""The levels q: ``0, step, ..., max_percent``, or the given ``levels``.
 
     Raises:
@@ -133,7 +135,7 @@ def _check_map(values: Tensor, name: str) -> Tensor:
 
 
 def ranking_map(
-    attribution: AttributionLike, token_index: Optional[int] = None, normalize: Optional[str] = "reference"
+    attribution: AttributionLike, token_index: int | None = None, normalize: str | None = "reference"
 ) -> Tensor:
     r"""The ``(n_mels, n_frames)`` map that orders the elements.
 
@@ -204,7 +206,7 @@ def perturbed_inputs(
     features: Tensor,
     replaced: Tensor,
     baseline: Tensor,
-    adapter: Optional[ModelAdapter] = None,
+    adapter: ModelAdapter | None = None,
 ) -> Tensor:
     r"""Write perturbed speech frames into copies of the full model input; padding untouched.
 
@@ -229,7 +231,7 @@ def perturbed_inputs(
 
 # ----- decoding -------------------------------------------------------------------------
 def make_generate_decoder(
-    model: torch.nn.Module, processor: Any, generate_kwargs: Optional[Dict[str, Any]] = None, batch_size: int = 8
+    model: torch.nn.Module, processor: Any, generate_kwargs: dict[str, Any] | None = None, batch_size: int = 8
 ) -> DecodeFn:
     r"""A ``decode_fn`` that re-decodes inputs freely with ``model.generate``.
 
@@ -253,8 +255,8 @@ def make_generate_decoder(
     kwargs = dict(generate_kwargs or {})
     device = next(model.parameters()).device
 
-    def decode(features: Tensor) -> List[str]:
-        texts: List[str] = []
+    def decode(features: Tensor) -> list[str]:
+        texts: list[str] = []
         with torch.inference_mode():
             for chunk in features.split(batch_size):
                 output = model.generate(**{adapter.input_name: chunk.to(device)}, **kwargs)
@@ -267,11 +269,11 @@ def make_generate_decoder(
 
 
 # ----- curves ---------------------------------------------------------------------------
-def _as_list(value: Any) -> List[Any]:
+def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _speech_map(score_map: Tensor, canonical: Tensor, num_frames: Optional[int], index: int) -> Tensor:
+def _speech_map(score_map: Tensor, canonical: Tensor, num_frames: int | None, index: int) -> Tensor:
     total = canonical.shape[1]
     if score_map.shape[0] != canonical.shape[0]:
         raise ValueError(
@@ -293,7 +295,7 @@ def _speech_map(score_map: Tensor, canonical: Tensor, num_frames: Optional[int],
     )
 
 
-def _auc(levels: Sequence[float], scores: Tensor) -> Tuple[float, float]:
+def _auc(levels: Sequence[float], scores: Tensor) -> tuple[float, float]:
     raw = float(torch.trapezoid(scores.to(torch.float64), torch.tensor(levels, dtype=torch.float64)))
     return raw / 100.0, raw
 
@@ -301,14 +303,14 @@ def _auc(levels: Sequence[float], scores: Tensor) -> Tuple[float, float]:
 def _prepare(
     attributions: Any,
     features: Any,
-    adapter: Optional[ModelAdapter],
+    adapter: ModelAdapter | None,
     num_frames: Any,
     baselines: BaselineSpec,
-    token_index: Optional[int],
-    normalize: Optional[str],
-    levels: List[float],
+    token_index: int | None,
+    normalize: str | None,
+    levels: list[float],
     mode: str,
-) -> List[Tuple[Tensor, Tensor, int]]:
+) -> list[tuple[Tensor, Tensor, int]]:
     """Per utterance: (model inputs for every level, num_replaced per level, frames)."""
     maps, feats = _as_list(attributions), _as_list(features)
     frames = _as_list(num_frames) if num_frames is not None else [None] * len(maps)
@@ -352,21 +354,21 @@ def _direction(mode: str, higher_is_better_score: bool) -> str:
 
 
 def deletion_curve(
-    attributions: Union[AttributionLike, Sequence[AttributionLike]],
-    features: Union[Tensor, Sequence[Tensor]],
+    attributions: AttributionLike | Sequence[AttributionLike],
+    features: Tensor | Sequence[Tensor],
     decode_fn: DecodeFn,
     *,
-    references: Optional[Union[str, Sequence[str]]] = None,
+    references: str | Sequence[str] | None = None,
     metric: str = "wer_max",
     mode: str = "deletion",
     step: float = 5,
     max_percent: float = 100,
-    levels: Optional[Sequence[float]] = None,
+    levels: Sequence[float] | None = None,
     baselines: BaselineSpec = None,
-    adapter: Optional[ModelAdapter] = None,
-    num_frames: Optional[Union[int, Sequence[Optional[int]]]] = None,
-    token_index: Optional[int] = None,
-    normalize: Optional[str] = "reference",
+    adapter: ModelAdapter | None = None,
+    num_frames: int | Sequence[int | None] | None = None,
+    token_index: int | None = None,
+    normalize: str | None = "reference",
     normalize_text: bool = False,
     batch_size: int = 8,
 ) -> PerturbationCurve:
@@ -412,18 +414,18 @@ def deletion_curve(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     level_list = percent_levels(step, max_percent, levels)
     adapter = adapter or getattr(decode_fn, "adapter", None)
-    prepared = _prepare(attributions, features, adapter, num_frames, baselines, token_index, normalize, level_list, mode)
+    prepared = _prepare(
+        attributions, features, adapter, num_frames, baselines, token_index, normalize, level_list, mode
+    )
     num_utterances = len(prepared)
     # Clean inputs first (the default references), then every level of every utterance.
     device = prepared[0][0].device
     stacked = torch.cat([c.to(device) for c in _as_list(features)] + [p[0] for p in prepared])
-    texts: List[str] = []
+    texts: list[str] = []
     for chunk in stacked.split(batch_size):
         decoded = list(decode_fn(chunk))
         if len(decoded) != chunk.shape[0] or not all(isinstance(t, str) for t in decoded):
-            raise ValueError(
-                f"decode_fn must return one str per input ({chunk.shape[0]}), got {decoded!r:.200}"
-            )
+            raise ValueError(f"decode_fn must return one str per input ({chunk.shape[0]}), got {decoded!r:.200}")
         texts.extend(decoded)
     clean_texts, rest = texts[:num_utterances], texts[num_utterances:]
     refs = clean_texts if references is None else as_text_list(references, "references", num_utterances)
@@ -434,7 +436,10 @@ def deletion_curve(
         dtype=torch.float64,
     )
     per_utt = torch.tensor(
-        [[_utterance_score(metric, refs[u], hyps[u][i], normalize_text) for i in range(count)] for u in range(num_utterances)],
+        [
+            [_utterance_score(metric, refs[u], hyps[u][i], normalize_text) for i in range(count)]
+            for u in range(num_utterances)
+        ],
         dtype=torch.float64,
     )
     auc, auc_raw = _auc(level_list, scores)
@@ -446,7 +451,10 @@ def deletion_curve(
         auc=auc,
         auc_raw=auc_raw,
         direction=_direction(mode, TEXT_METRICS[metric]),
-        scale="auc = trapezoid over q in percent / 100 (mean score over 0-100, score units); auc_raw = raw trapezoid (0-10000 for a 0-100 score)",
+        scale=(
+            "auc = trapezoid over q in percent / 100 (mean score over 0-100, score units); "
+            "auc_raw = raw trapezoid (0-10000 for a 0-100 score)"
+        ),
         num_replaced=torch.stack([p[1] for p in prepared]).cpu(),
         utterance_scores=per_utt,
         hypotheses=hyps,
@@ -466,8 +474,8 @@ def deletion_curve(
 
 
 def insertion_curve(
-    attributions: Union[AttributionLike, Sequence[AttributionLike]],
-    features: Union[Tensor, Sequence[Tensor]],
+    attributions: AttributionLike | Sequence[AttributionLike],
+    features: Tensor | Sequence[Tensor],
     decode_fn: DecodeFn,
     **kwargs: Any,
 ) -> PerturbationCurve:
@@ -483,11 +491,11 @@ def deletion_curve_teacher_forced(
     mode: str = "deletion",
     step: float = 5,
     max_percent: float = 100,
-    levels: Optional[Sequence[float]] = None,
+    levels: Sequence[float] | None = None,
     baselines: BaselineSpec = None,
-    num_frames: Optional[int] = None,
-    token_index: Optional[int] = None,
-    normalize: Optional[str] = "reference",
+    num_frames: int | None = None,
+    token_index: int | None = None,
+    normalize: str | None = "reference",
     batch_size: int = 8,
 ) -> PerturbationCurve:
     r"""Cheap proxy: mean log-probability of the frozen hypothesis under each perturbed input.
@@ -520,7 +528,9 @@ def deletion_curve_teacher_forced(
     with torch.inference_mode():
         for chunk in inputs.split(batch_size):
             log_probs = wrapper(chunk.to(wrapper.device))  # (chunk, K + 1, vocab)
-            picked = log_probs.gather(-1, targets.to(log_probs.device)[None, :, None].expand(chunk.shape[0], -1, 1))[..., 0]
+            picked = log_probs.gather(-1, targets.to(log_probs.device)[None, :, None].expand(chunk.shape[0], -1, 1))[
+                ..., 0
+            ]
             rows.append((picked[:, token_index] if token_index is not None else picked.mean(dim=1)).double().cpu())
     scores = torch.cat(rows)
     auc, auc_raw = _auc(level_list, scores)
@@ -532,7 +542,9 @@ def deletion_curve_teacher_forced(
         auc=auc,
         auc_raw=auc_raw,
         direction=_direction(mode, True),
-        scale="auc = trapezoid over q in percent / 100 (mean log-probability in nats over 0-100); auc_raw = raw trapezoid",
+        scale=(
+            "auc = trapezoid over q in percent / 100 (mean log-probability in nats over 0-100); auc_raw = raw trapezoid"
+        ),
         num_replaced=replaced[None].cpu(),
         utterance_scores=scores[None].clone(),
         settings={

@@ -22,12 +22,14 @@ Hypothesis words (from :meth:`SPESResult.to_words`, subword rows merged) are mat
 aligned words in order by their normalised text (lower case, no punctuation) with
 :class:`difflib.SequenceMatcher`; unmatched words are reported, not scored.
 """
+
 from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -80,11 +82,11 @@ class WordPlausibility:
 class UtterancePlausibility:
     """Per-utterance summary; means are over matched words (NaN when none matched)."""
 
-    words: List[WordPlausibility]
+    words: list[WordPlausibility]
     num_hypothesis_words: int
     num_aligned_words: int
     num_matched: int
-    unmatched_hypothesis_words: List[str]
+    unmatched_hypothesis_words: list[str]
     mean_mass_in_span: float
     mean_mass_chance: float
     pointing_accuracy: float
@@ -103,17 +105,17 @@ class PlausibilityReport:
         settings (dict): tolerance, word reduction, normalisation and clipping choices.
     """
 
-    utterances: List[UtterancePlausibility]
+    utterances: list[UtterancePlausibility]
     num_matched: int
     num_hypothesis_words: int
     mean_mass_in_span: float
     mean_mass_chance: float
     pointing_accuracy: float
     pointing_chance: float
-    settings: Dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
-def interval_frames(start: float, end: float, frame_rate: float, n_frames: int) -> Tuple[int, int]:
+def interval_frames(start: float, end: float, frame_rate: float, n_frames: int) -> tuple[int, int]:
     """``(first, stop)`` frames of ``[start, end)`` seconds, clipped to ``[0, n_frames]``."""
     first = max(0, min(n_frames, int(round(start * frame_rate))))
     stop = max(0, min(n_frames, int(round(end * frame_rate))))
@@ -124,7 +126,7 @@ def interval_frames(start: float, end: float, frame_rate: float, n_frames: int) 
 
 def interval_scores(
     saliency: Tensor, start: float, end: float, frame_rate: float, tolerance: float = 0.0
-) -> Dict[str, float]:
+) -> dict[str, float]:
     r"""Mass share and pointing hit of one map against one interval.
 
     Args:
@@ -164,7 +166,7 @@ def interval_scores(
     }
 
 
-def _intervals(alignment: AlignmentLike, tier: Optional[str]) -> List[AlignedInterval]:
+def _intervals(alignment: AlignmentLike, tier: str | None) -> list[AlignedInterval]:
     if isinstance(alignment, (str, os.PathLike)):
         if tier is None:
             raise ValueError("alignments is a TextGrid path: pass tier= (e.g. 'words')")
@@ -175,19 +177,19 @@ def _intervals(alignment: AlignmentLike, tier: Optional[str]) -> List[AlignedInt
     return items
 
 
-def _mean(values: List[float]) -> float:
+def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
 def _utterance(
-    result: SPESResult, intervals: List[AlignedInterval], tolerance: float, reduce: str, normalize: Optional[str]
+    result: SPESResult, intervals: list[AlignedInterval], tolerance: float, reduce: str, normalize: str | None
 ) -> UtterancePlausibility:
     words = result.normalize(normalize).to_words(reduce) if normalize else result.to_words(reduce)
     hyp_words = [w.strip() for w in words.tokens[:-1]]  # the end token is not a word
     hyp_keys = [normalize_transcript(w) for w in hyp_words]
     ali_keys = [normalize_transcript(i.label) for i in intervals]
     matcher = difflib.SequenceMatcher(None, hyp_keys, ali_keys, autojunk=False)
-    scored: List[WordPlausibility] = []
+    scored: list[WordPlausibility] = []
     matched = set()
     for block in matcher.get_matching_blocks():
         for offset in range(block.size):
@@ -225,13 +227,13 @@ def _utterance(
 
 
 def word_plausibility(
-    results: Union[SPESResult, Sequence[SPESResult]],
-    alignments: Union[AlignmentLike, Sequence[AlignmentLike]],
+    results: SPESResult | Sequence[SPESResult],
+    alignments: AlignmentLike | Sequence[AlignmentLike],
     *,
-    tier: Optional[str] = None,
+    tier: str | None = None,
     tolerance: float = 0.0,
     reduce: str = "max",
-    normalize: Optional[str] = None,
+    normalize: str | None = None,
 ) -> PlausibilityReport:
     r"""Word-level plausibility of one or several explanations against word alignments.
 
@@ -260,9 +262,7 @@ def word_plausibility(
         raise ValueError("results is empty: give at least one SPESResult")
     if len(aligns) != len(results):
         raise ValueError(f"give one alignment per result: {len(results)} results, {len(aligns)} alignments")
-    utterances = [
-        _utterance(r, _intervals(a, tier), tolerance, reduce, normalize) for r, a in zip(results, aligns)
-    ]
+    utterances = [_utterance(r, _intervals(a, tier), tolerance, reduce, normalize) for r, a in zip(results, aligns)]
     every = [w for u in utterances for w in u.words]
     return PlausibilityReport(
         utterances=utterances,

@@ -10,11 +10,13 @@ Maps are normalised **once**, before the threshold loop (the reference re-normal
 it, defect 10). Comparisons are done in float64 so a float32 value equal to a threshold
 counts as ``>=`` it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,7 +26,7 @@ from captum_spes.normalizers import NORMALIZERS
 
 __all__ = ["SizeResult", "size_thresholds", "size_curve", "default_token_valid"]
 
-MapsLike = Union[SPESResult, Tensor, Tuple[Tensor, Optional[Tensor]]]
+MapsLike = SPESResult | Tensor | tuple[Tensor, Tensor | None]
 
 
 @dataclass
@@ -45,12 +47,12 @@ class SizeResult:
 
     thresholds: Tensor
     spectrogram_curve: Tensor
-    token_curve: Optional[Tensor]
+    token_curve: Tensor | None
     spectrogram_auc: float
-    token_auc: Optional[float]
+    token_auc: float | None
     spectrogram_per_utterance: Tensor
-    token_per_utterance: Optional[Tensor]
-    settings: Dict[str, Any] = field(default_factory=dict)
+    token_per_utterance: Tensor | None
+    settings: dict[str, Any] = field(default_factory=dict)
     direction: str = "lower_is_more_compact"
     scale: str = "AUC = trapezoid over t in [0, 1] of a percentage: 0-100"
 
@@ -72,7 +74,7 @@ def default_token_valid(token_attr: Tensor) -> Tensor:
     return torch.arange(cols)[None, :] <= torch.arange(rows)[:, None] + (cols - rows)
 
 
-def _unpack(maps: MapsLike, index: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+def _unpack(maps: MapsLike, index: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
     if isinstance(maps, SPESResult):
         return maps.spectrogram_attr, maps.token_attr, maps.token_valid_mask() if maps.token_attr is not None else None
     if isinstance(maps, Tensor):
@@ -105,10 +107,10 @@ def _percent_at_least(values: Tensor, thresholds: Tensor) -> Tensor:
 
 
 def size_curve(
-    maps: Union[MapsLike, Sequence[MapsLike]],
+    maps: MapsLike | Sequence[MapsLike],
     *,
     step: float = 0.05,
-    normalize: Optional[str] = "reference",
+    normalize: str | None = "reference",
 ) -> SizeResult:
     r"""Size (compactness) curves and AUCs of one or several utterances.
 
@@ -127,7 +129,7 @@ def size_curve(
     """
     if normalize is not None and normalize not in NORMALIZERS:
         raise ValueError(f"normalize must be one of {sorted(NORMALIZERS)} or None, got {normalize!r}")
-    items: List[MapsLike] = list(maps) if isinstance(maps, list) else [maps]
+    items: list[MapsLike] = list(maps) if isinstance(maps, list) else [maps]
     if not items:
         raise ValueError("maps is empty: give at least one utterance")
     thresholds = size_thresholds(step)

@@ -18,6 +18,7 @@ bytes, NUL)::
         string name, u8 rank, rank x u32 dims, u8 dtype id, u32 byte count, bytes
     u32 alias count, then per alias: string alias, string target   (version >= 3)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,10 @@ import json
 import os
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import torch
 from transformers import (
@@ -46,7 +48,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 MAX_BINARY_VERSION: int = 6
 
 #: CTranslate2 dtype ids (``ctranslate2/specs/model_spec.py``) to torch dtypes.
-CT2_DTYPES: Dict[int, torch.dtype] = {
+CT2_DTYPES: dict[int, torch.dtype] = {
     0: torch.float32,
     1: torch.int8,
     2: torch.int16,
@@ -57,7 +59,7 @@ CT2_DTYPES: Dict[int, torch.dtype] = {
 
 # Rank-0 variables that configure the CTranslate2 runtime rather than hold weights,
 # with the value HF Whisper's architecture implies (None: any value, read elsewhere).
-_SCALAR_FLAGS: Dict[str, Optional[int]] = {
+_SCALAR_FLAGS: dict[str, int | None] = {
     "decoder/activation": 3,  # ctranslate2 Activation.GELU (exact erf GELU)
     "decoder/alibi": 0,
     "decoder/alignment_heads": None,
@@ -72,7 +74,7 @@ _SCALAR_FLAGS: Dict[str, Optional[int]] = {
 # Sub-modules of one transformer layer: CTranslate2 name -> HF module(s). Fused
 # projections list several HF modules; the CTranslate2 tensor is split evenly along
 # dim 0 in that order.
-_LAYER_MODULES: Dict[str, Tuple[str, ...]] = {
+_LAYER_MODULES: dict[str, tuple[str, ...]] = {
     "self_attention/linear_0": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     "self_attention/linear_1": ("self_attn.out_proj",),
     "self_attention/layer_norm": ("self_attn_layer_norm",),
@@ -86,14 +88,14 @@ _LAYER_MODULES: Dict[str, Tuple[str, ...]] = {
 }
 
 # Modules outside the layers (``{side}`` is encoder or decoder).
-_TOP_MODULES: Dict[str, str] = {
+_TOP_MODULES: dict[str, str] = {
     "encoder/conv1": "model.encoder.conv1",
     "encoder/conv2": "model.encoder.conv2",
     "encoder/layer_norm": "model.encoder.layer_norm",
     "decoder/layer_norm": "model.decoder.layer_norm",
 }
 
-_PARAM_NAMES: Dict[str, str] = {
+_PARAM_NAMES: dict[str, str] = {
     "weight": "weight",
     "bias": "bias",
     "gamma": "weight",
@@ -129,17 +131,15 @@ class CTranslate2Checkpoint:
     binary_version: int
     spec_name: str
     spec_revision: int
-    variables: Dict[str, torch.Tensor]
-    aliases: Dict[str, str] = field(default_factory=dict)
+    variables: dict[str, torch.Tensor]
+    aliases: dict[str, str] = field(default_factory=dict)
     sha256: str = ""
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def read_model_bytes(
-    paths: Sequence[PathLike], expected_sha256: Optional[str] = None
-) -> Tuple[bytearray, str]:
+def read_model_bytes(paths: Sequence[PathLike], expected_sha256: str | None = None) -> tuple[bytearray, str]:
     r"""Read one ``model.bin`` or its parts, concatenated in order, hashing as it reads.
 
     Args:
@@ -188,7 +188,7 @@ def read_model_bytes(
 class _Cursor:
     r"""Bounds-checked little-endian reader over a byte buffer."""
 
-    def __init__(self, data: Union[bytes, bytearray], source: str) -> None:
+    def __init__(self, data: bytes | bytearray, source: str) -> None:
         self.data = data
         self.source = source
         self.pos = 0
@@ -214,15 +214,11 @@ class _Cursor:
         start = self.take(length, what)
         raw = bytes(self.data[start : start + length])
         if length == 0 or raw[-1] != 0:
-            raise ModelLoadError(
-                f"{self.source} is corrupted: {what} at offset {start} lacks its NUL."
-            )
+            raise ModelLoadError(f"{self.source} is corrupted: {what} at offset {start} lacks its NUL.")
         return raw[:-1].decode("utf-8")
 
 
-def parse_model_bin(
-    data: Union[bytes, bytearray], source: str = "model.bin"
-) -> CTranslate2Checkpoint:
+def parse_model_bin(data: bytes | bytearray, source: str = "model.bin") -> CTranslate2Checkpoint:
     r"""Parse the bytes of a CTranslate2 ``model.bin``.
 
     Args:
@@ -251,7 +247,7 @@ def parse_model_bin(
     if version >= 2:
         spec_name = cur.string("the spec name")
         revision = cur.unpack("I", "the spec revision")
-    variables: Dict[str, torch.Tensor] = {}
+    variables: dict[str, torch.Tensor] = {}
     for index in range(cur.unpack("I", "the variable count")):
         name = cur.string(f"the name of variable {index}")
         rank = cur.unpack("B", f"the rank of {name!r}")
@@ -275,7 +271,7 @@ def parse_model_bin(
         else:
             tensor = torch.frombuffer(data, dtype=dtype, count=numel, offset=start).reshape(dims)
         variables[name] = tensor
-    aliases: Dict[str, str] = {}
+    aliases: dict[str, str] = {}
     if version >= 3:
         for _ in range(cur.unpack("I", "the alias count")):
             alias = cur.string("an alias name")
@@ -293,9 +289,7 @@ def parse_model_bin(
     return CTranslate2Checkpoint(version, spec_name, revision, variables, aliases)
 
 
-def read_ctranslate2_model(
-    paths: Sequence[PathLike], expected_sha256: Optional[str] = None
-) -> CTranslate2Checkpoint:
+def read_ctranslate2_model(paths: Sequence[PathLike], expected_sha256: str | None = None) -> CTranslate2Checkpoint:
     r"""Read and parse ``model.bin`` (or its parts), verifying the SHA-256 if given.
 
     Args:
@@ -314,7 +308,7 @@ def read_ctranslate2_model(
 # --------------------------------------------------------------------------- mapping
 
 
-def ctranslate2_to_hf_state_dict(variables: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def ctranslate2_to_hf_state_dict(variables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     r"""Rename CTranslate2 Whisper variables to a HF ``WhisperForConditionalGeneration`` state dict.
 
     Fused projections are split along dim 0 (self-attention ``linear_0`` of shape
@@ -334,8 +328,8 @@ def ctranslate2_to_hf_state_dict(variables: Dict[str, torch.Tensor]) -> Dict[str
         ModelLoadError: On an unknown or quantized variable, a runtime flag HF Whisper
             cannot reproduce, a non-zero k bias or an untied output projection.
     """
-    state: Dict[str, torch.Tensor] = {}
-    unknown: List[str] = []
+    state: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
     for name, tensor in variables.items():
         if name in _SCALAR_FLAGS:
             required = _SCALAR_FLAGS[name]
@@ -346,9 +340,10 @@ def ctranslate2_to_hf_state_dict(variables: Dict[str, torch.Tensor]) -> Dict[str
                 )
             continue
         if name == "decoder/projection/weight":
-            if not (tensor is variables.get("decoder/embeddings/weight") or torch.equal(
-                tensor, variables["decoder/embeddings/weight"]
-            )):
+            if not (
+                tensor is variables.get("decoder/embeddings/weight")
+                or torch.equal(tensor, variables["decoder/embeddings/weight"])
+            ):
                 raise ModelLoadError(
                     "decoder/projection/weight differs from decoder/embeddings/weight; HF "
                     "Whisper ties them, so this checkpoint cannot be represented."
@@ -382,9 +377,7 @@ def ctranslate2_to_hf_state_dict(variables: Dict[str, torch.Tensor]) -> Dict[str
         targets = _LAYER_MODULES[sub]
         hf_param = _PARAM_NAMES[param]
         if tensor.shape[0] % len(targets):
-            raise ModelLoadError(
-                f"{name!r} of shape {tuple(tensor.shape)} cannot be split in {len(targets)}."
-            )
+            raise ModelLoadError(f"{name!r} of shape {tuple(tensor.shape)} cannot be split in {len(targets)}.")
         for target, part in zip(targets, tensor.chunk(len(targets), dim=0)):
             if target.endswith("k_proj") and hf_param == "bias":
                 if torch.count_nonzero(part):
@@ -396,8 +389,7 @@ def ctranslate2_to_hf_state_dict(variables: Dict[str, torch.Tensor]) -> Dict[str
             state[prefix + target + "." + hf_param] = part
     if unknown:
         raise ModelLoadError(
-            "Unknown CTranslate2 Whisper variables (not a WhisperSpec checkpoint?): "
-            f"{sorted(unknown)[:10]}"
+            f"Unknown CTranslate2 Whisper variables (not a WhisperSpec checkpoint?): {sorted(unknown)[:10]}"
         )
     return state
 
@@ -405,11 +397,11 @@ def ctranslate2_to_hf_state_dict(variables: Dict[str, torch.Tensor]) -> Dict[str
 # --------------------------------------------------------------------------- configs
 
 
-def _token_ids(tokenizer_json: Dict[str, Any]) -> Dict[str, int]:
+def _token_ids(tokenizer_json: dict[str, Any]) -> dict[str, int]:
     return {t["content"]: int(t["id"]) for t in tokenizer_json.get("added_tokens", [])}
 
 
-def _count_layers(variables: Dict[str, torch.Tensor], side: str) -> int:
+def _count_layers(variables: dict[str, torch.Tensor], side: str) -> int:
     layers = {int(m.group(2)) for m in map(_LAYER_RE.match, variables) if m and m.group(1) == side}
     if layers != set(range(len(layers))):
         raise ModelLoadError(f"{side} layers are not numbered 0..n-1: {sorted(layers)}.")
@@ -417,9 +409,9 @@ def _count_layers(variables: Dict[str, torch.Tensor], side: str) -> int:
 
 
 def whisper_config_from_ctranslate2(
-    variables: Dict[str, torch.Tensor],
-    ct2_config: Dict[str, Any],
-    tokenizer_json: Dict[str, Any],
+    variables: dict[str, torch.Tensor],
+    ct2_config: dict[str, Any],
+    tokenizer_json: dict[str, Any],
 ) -> WhisperConfig:
     r"""Infer the ``WhisperConfig`` from tensor shapes, the shipped ``config.json`` and tokenizer.
 
@@ -450,9 +442,7 @@ def whisper_config_from_ctranslate2(
             max_target_positions=int(variables["decoder/position_encodings/encodings"].shape[0]),
         )
     except KeyError as err:
-        raise ModelLoadError(
-            f"Not a CTranslate2 Whisper checkpoint: variable {err} is missing."
-        ) from None
+        raise ModelLoadError(f"Not a CTranslate2 Whisper checkpoint: variable {err} is missing.") from None
     ids = _token_ids(tokenizer_json)
     eot = ids.get("<|endoftext|>")
     if eot is None or ids.get("<|startoftranscript|>") != eot + 1:
@@ -482,7 +472,7 @@ def whisper_config_from_ctranslate2(
 
 
 def whisper_generation_config(
-    config: WhisperConfig, ct2_config: Dict[str, Any], tokenizer_json: Dict[str, Any]
+    config: WhisperConfig, ct2_config: dict[str, Any], tokenizer_json: dict[str, Any]
 ) -> GenerationConfig:
     r"""Build the Whisper ``GenerationConfig`` HF publishes for the same checkpoint.
 
@@ -504,7 +494,7 @@ def whisper_generation_config(
     for token in ("<|notimestamps|>", "<|startofprev|>", "<|transcribe|>", "<|translate|>"):
         if token not in ids:
             raise ModelLoadError(f"tokenizer.json lacks the special token {token}.")
-    kwargs: Dict[str, Any] = dict(
+    kwargs: dict[str, Any] = dict(
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
@@ -571,9 +561,7 @@ def whisper_tokenizer(tokenizer_file: PathLike, config: WhisperConfig) -> Whispe
         # Plain (non-special, non-normalised) tokens, as in HF's published tokenizers.
         tokenizer.add_tokens(
             [
-                AddedToken(
-                    f"<|{i * 0.02:.2f}|>", lstrip=False, rstrip=False, normalized=False, special=False
-                )
+                AddedToken(f"<|{i * 0.02:.2f}|>", lstrip=False, rstrip=False, normalized=False, special=False)
                 for i in range(_NUM_TIMESTAMPS)
             ]
         )
@@ -589,10 +577,10 @@ def load_ctranslate2_whisper(
     folder: PathLike,
     *,
     torch_dtype: torch.dtype = torch.float32,
-    device: Union[str, torch.device] = "cpu",
-    model_files: Optional[Sequence[PathLike]] = None,
-    expected_sha256: Optional[str] = None,
-) -> Tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+    device: str | torch.device = "cpu",
+    model_files: Sequence[PathLike] | None = None,
+    expected_sha256: str | None = None,
+) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
     r"""Convert a CTranslate2 Whisper folder into a HF model and processor, in memory.
 
     Args:
@@ -620,9 +608,7 @@ def load_ctranslate2_whisper(
     files = [Path(p) for p in model_files] if model_files is not None else [folder / "model.bin"]
     for needed in ("config.json", "tokenizer.json"):
         if not (folder / needed).is_file():
-            raise ModelLoadError(
-                f"{str(folder)!r} lacks {needed}: not a CTranslate2 Whisper folder."
-            )
+            raise ModelLoadError(f"{str(folder)!r} lacks {needed}: not a CTranslate2 Whisper folder.")
     with open(folder / "config.json", encoding="utf-8") as handle:
         ct2_config = json.load(handle)
     with open(folder / "tokenizer.json", encoding="utf-8") as handle:

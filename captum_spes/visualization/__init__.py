@@ -9,6 +9,7 @@ Example:
     >>> fig, ax = plot_token_saliency(result, 0, features)            # doctest: +SKIP
     >>> write_html_report(result, "report.html", waveform=audio, features=features)  # doctest: +SKIP
 """
+
 from captum_spes.visualization.listen import (
     mel_to_stft_weights,
     salient_audio,

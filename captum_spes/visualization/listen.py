@@ -21,11 +21,11 @@ bins in the *original* waveform and silences the rest:
    input length. The one trailing STFT frame Whisper's extractor drops follows the last map
    frame; any further frames (audio past the maps, e.g. past the model's window) are silenced.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from captum_spes._utils.files import refuse_overwrite
 
 __all__ = ["mel_to_stft_weights", "salient_audio", "salient_mask", "write_salient_audio"]
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 
 def mel_to_stft_weights(n_mels: int = 80, sampling_rate: int = 16000, n_fft: int = 400) -> np.ndarray:
@@ -56,9 +56,13 @@ def mel_to_stft_weights(n_mels: int = 80, sampling_rate: int = 16000, n_fft: int
 
     bins = n_fft // 2 + 1
     bank = mel_filter_bank(
-        num_frequency_bins=bins, num_mel_filters=n_mels, min_frequency=0.0,
-        max_frequency=sampling_rate / 2.0, sampling_rate=sampling_rate,
-        norm="slaney", mel_scale="slaney",
+        num_frequency_bins=bins,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=sampling_rate / 2.0,
+        sampling_rate=sampling_rate,
+        norm="slaney",
+        mel_scale="slaney",
     ).astype(np.float64)  # (bins, n_mels), the same matrix as Whisper's feature extractor
     totals = bank.sum(axis=1, keepdims=True)
     weights = np.divide(bank, totals, out=np.zeros_like(bank), where=totals > 0)
@@ -71,9 +75,7 @@ def mel_to_stft_weights(n_mels: int = 80, sampling_rate: int = 16000, n_fft: int
     return weights
 
 
-def _select_map(
-    result: SPESResult, token: Optional[Union[int, str]], word: Optional[Union[int, str]]
-) -> np.ndarray:
+def _select_map(result: SPESResult, token: int | str | None, word: int | str | None) -> np.ndarray:
     from captum_spes.visualization.plots import _word_row, token_index
 
     if token is not None and word is not None:
@@ -107,8 +109,11 @@ def salient_mask(
     """
     if not 0.0 < float(top_percent) <= 100.0:
         raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")
-    values = saliency.detach().cpu().double().numpy() if isinstance(saliency, torch.Tensor) \
+    values = (
+        saliency.detach().cpu().double().numpy()
+        if isinstance(saliency, torch.Tensor)
         else np.asarray(saliency, dtype=np.float64)
+    )
     if values.ndim != 2:
         raise ValueError(f"saliency must be (n_mels, n_frames), got shape {values.shape}")
     stft_map = mel_to_stft_weights(values.shape[0], sampling_rate, n_fft) @ values
@@ -125,8 +130,8 @@ def salient_audio(
     result: SPESResult,
     waveform: ArrayLike,
     sampling_rate: int = 16000,
-    token: Optional[Union[int, str]] = None,
-    word: Optional[Union[int, str]] = None,
+    token: int | str | None = None,
+    word: int | str | None = None,
     top_percent: float = 10.0,
     n_fft: int = 400,
     hop_length: int = 160,
@@ -152,8 +157,11 @@ def salient_audio(
     """
     from scipy.signal import istft, stft
 
-    audio = waveform.detach().cpu().double().numpy() if isinstance(waveform, torch.Tensor) \
+    audio = (
+        waveform.detach().cpu().double().numpy()
+        if isinstance(waveform, torch.Tensor)
         else np.asarray(waveform, dtype=np.float64)
+    )
     if audio.ndim == 2 and audio.shape[0] == 1:
         audio = audio[0]
     if audio.ndim != 1:
@@ -166,8 +174,9 @@ def salient_audio(
         )
     mask = salient_mask(_select_map(result, token, word), top_percent, sampling_rate, n_fft)
     # boundary="zeros" pads n_fft // 2 on each side, so frame t is centred on t * hop_length.
-    options = dict(fs=sampling_rate, window="hann", nperseg=n_fft, noverlap=n_fft - hop_length,
-                   boundary="zeros", padded=True)
+    options = dict(
+        fs=sampling_rate, window="hann", nperseg=n_fft, noverlap=n_fft - hop_length, boundary="zeros", padded=True
+    )
     _, _, spectrum = stft(audio, **options)
     full_mask = np.zeros(spectrum.shape, dtype=bool)
     frames = min(spectrum.shape[1], mask.shape[1])
@@ -176,8 +185,14 @@ def salient_audio(
         # Whisper's extractor drops the last STFT frame (len // hop frames of len // hop + 1):
         # that frame still holds the clip's tail, so it follows the last map frame.
         full_mask[:, -1] = mask[:, -1]
-    _, restored = istft(np.where(full_mask, spectrum, 0.0), fs=sampling_rate, window="hann",
-                        nperseg=n_fft, noverlap=n_fft - hop_length, boundary=True)
+    _, restored = istft(
+        np.where(full_mask, spectrum, 0.0),
+        fs=sampling_rate,
+        window="hann",
+        nperseg=n_fft,
+        noverlap=n_fft - hop_length,
+        boundary=True,
+    )
     out = np.zeros(audio.shape[0], dtype=np.float64)
     length = min(audio.shape[0], restored.shape[0])
     out[:length] = restored[:length]
@@ -188,7 +203,7 @@ def write_salient_audio(
     result: SPESResult,
     waveform: ArrayLike,
     sampling_rate: int,
-    path: Union[str, os.PathLike],
+    path: str | os.PathLike,
     *,
     overwrite: bool = False,
     **kwargs: object,

@@ -12,10 +12,12 @@ uses the *Slaney* mel scale (linear below 1 kHz, logarithmic above; librosa's de
 ``transformers.audio_utils.mel_filter_bank(..., mel_scale="slaney")``); the centres are
 computed here with that formula (:func:`mel_frequencies`).
 """
+
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,8 +41,8 @@ __all__ = [
     "plot_time_profile",
 ]
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
-FigAxis = Tuple["Figure", "Axes"]
+ArrayLike = np.ndarray | torch.Tensor
+FigAxis = tuple["Figure", "Axes"]
 
 # Slaney mel scale constants (Auditory Toolbox): 200/3 Hz per mel below 1 kHz, then a
 # logarithmic scale with 27 mels per factor 6.4 of frequency.
@@ -57,9 +59,7 @@ def _pyplot() -> Any:
     try:
         import matplotlib.pyplot as plt
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "captum_spes.visualization plots need matplotlib: pip install 'captum-spes[viz]'"
-        ) from error
+        raise ImportError("captum_spes.visualization plots need matplotlib: pip install 'captum-spes[viz]'") from error
     return plt
 
 
@@ -87,7 +87,7 @@ def mel_to_hz(mels: ArrayLike) -> np.ndarray:
 
 
 def mel_frequencies(
-    n_mels: int = 80, sampling_rate: int = 16000, fmin: float = 0.0, fmax: Optional[float] = None
+    n_mels: int = 80, sampling_rate: int = 16000, fmin: float = 0.0, fmax: float | None = None
 ) -> np.ndarray:
     r"""Centre frequency in Hz of each mel filter of a Whisper-style (Slaney) filter bank.
 
@@ -113,7 +113,7 @@ def mel_frequencies(
 
 
 # ----- selecting rows ---------------------------------------------------------------------
-def _index_from(labels: Sequence[str], key: Union[int, str], what: str, argument: str) -> int:
+def _index_from(labels: Sequence[str], key: int | str, what: str, argument: str) -> int:
     count = len(labels)
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         index = int(key)
@@ -126,19 +126,17 @@ def _index_from(labels: Sequence[str], key: Union[int, str], what: str, argument
         stripped = [label.strip() for label in labels]
         if key.strip() in stripped:
             return stripped.index(key.strip())
-        raise ValueError(
-            f"{argument}={key!r} matches no {what}; pass an index or one of {list(labels)}"
-        )
+        raise ValueError(f"{argument}={key!r} matches no {what}; pass an index or one of {list(labels)}")
     raise TypeError(f"{argument} must be an int index or a {what} string, got {type(key).__name__}")
 
 
-def token_index(result: SPESResult, token: Union[int, str]) -> int:
+def token_index(result: SPESResult, token: int | str) -> int:
     """Row of ``result`` for a token given by index (negative allowed) or by its text
     (exact, else ignoring surrounding whitespace; the first match wins)."""
     return _index_from(result.tokens, token, "token", "token")
 
 
-def _word_row(words: SPESResult, word: Union[int, str]) -> int:
+def _word_row(words: SPESResult, word: int | str) -> int:
     # Row of a word-level result (from SPESResult.to_words) for an index or the word text.
     return _index_from(words.tokens, word, "word", "word_index")
 
@@ -171,7 +169,7 @@ def as_captum_image(saliency: ArrayLike, low_frequencies_at_bottom: bool = True)
 
 
 # ----- shared drawing ---------------------------------------------------------------------
-def _figure_axis(plt_fig_axis: Optional[FigAxis], fig_size: Tuple[float, float]) -> FigAxis:
+def _figure_axis(plt_fig_axis: FigAxis | None, fig_size: tuple[float, float]) -> FigAxis:
     if plt_fig_axis is not None:
         fig, ax = plt_fig_axis
         return fig, ax
@@ -180,7 +178,7 @@ def _figure_axis(plt_fig_axis: Optional[FigAxis], fig_size: Tuple[float, float])
     return fig, ax
 
 
-def _finish(fig: "Figure", show: bool, tidy: bool = False) -> None:
+def _finish(fig: Figure, show: bool, tidy: bool = False) -> None:
     if tidy:
         # Only for figures made here: a caller's layout is theirs to manage.
         fig.tight_layout()
@@ -192,9 +190,7 @@ def _log_mel(features: ArrayLike, n_mels: int, n_frames: int) -> np.ndarray:
     values = _to_numpy(features)
     if values.ndim == 3:
         if values.shape[0] != 1:
-            raise ValueError(
-                f"features must hold one utterance, (1, n_mels, frames); got shape {values.shape}"
-            )
+            raise ValueError(f"features must hold one utterance, (1, n_mels, frames); got shape {values.shape}")
         values = values[0]
     if values.ndim != 2 or values.shape[0] != n_mels:
         raise ValueError(
@@ -210,11 +206,11 @@ def _log_mel(features: ArrayLike, n_mels: int, n_frames: int) -> np.ndarray:
     return values[:, :n_frames]
 
 
-def _mel_axis_ticks(ax: "Axes", n_mels: int, sampling_rate: int) -> None:
+def _mel_axis_ticks(ax: Axes, n_mels: int, sampling_rate: int) -> None:
     centres = mel_frequencies(n_mels, sampling_rate)
     # Place each round frequency at its exact (fractional) position between bin centres.
-    ticks: List[float] = []
-    labels: List[str] = []
+    ticks: list[float] = []
+    labels: list[str] = []
     for hz in _HZ_TICKS:
         if centres[0] <= hz <= centres[-1]:
             ticks.append(float(np.interp(hz, centres, np.arange(n_mels))))
@@ -227,15 +223,15 @@ def _mel_axis_ticks(ax: "Axes", n_mels: int, sampling_rate: int) -> None:
 def _plot_map(
     saliency: np.ndarray,
     frame_rate: float,
-    features: Optional[ArrayLike],
+    features: ArrayLike | None,
     *,
     sampling_rate: int,
     cmap: str,
     alpha: float,
     show_colorbar: bool,
-    title: Optional[str],
-    fig_size: Tuple[float, float],
-    plt_fig_axis: Optional[FigAxis],
+    title: str | None,
+    fig_size: tuple[float, float],
+    plt_fig_axis: FigAxis | None,
     show: bool,
 ) -> FigAxis:
     fig, ax = _figure_axis(plt_fig_axis, fig_size)
@@ -245,11 +241,11 @@ def _plot_map(
     overlay_alpha = 1.0
     if features is not None:
         background = _log_mel(features, n_mels, n_frames)
-        ax.imshow(background, origin="lower", aspect="auto", cmap="gray", extent=extent,
-                  interpolation="nearest")
+        ax.imshow(background, origin="lower", aspect="auto", cmap="gray", extent=extent, interpolation="nearest")
         overlay_alpha = alpha
-    image = ax.imshow(saliency, origin="lower", aspect="auto", cmap=cmap, extent=extent,
-                      alpha=overlay_alpha, interpolation="nearest")
+    image = ax.imshow(
+        saliency, origin="lower", aspect="auto", cmap=cmap, extent=extent, alpha=overlay_alpha, interpolation="nearest"
+    )
     ax.set_xlabel("Time (s)")
     _mel_axis_ticks(ax, n_mels, sampling_rate)
     if title:
@@ -263,17 +259,17 @@ def _plot_map(
 # ----- public plots -----------------------------------------------------------------------
 def plot_token_saliency(
     result: SPESResult,
-    token: Union[int, str],
-    features: Optional[ArrayLike] = None,
+    token: int | str,
+    features: ArrayLike | None = None,
     *,
-    normalize: Optional[str] = None,
+    normalize: str | None = None,
     sampling_rate: int = 16000,
     cmap: str = "inferno",
     alpha: float = 0.55,
     show_colorbar: bool = True,
-    title: Optional[str] = None,
-    fig_size: Tuple[float, float] = (9, 4),
-    plt_fig_axis: Optional[FigAxis] = None,
+    title: str | None = None,
+    fig_size: tuple[float, float] = (9, 4),
+    plt_fig_axis: FigAxis | None = None,
     show: bool = False,
 ) -> FigAxis:
     r"""Spectrogram saliency of one explained token.
@@ -305,22 +301,29 @@ def plot_token_saliency(
     index = token_index(source, token)
     saliency = _to_numpy(source.spectrogram_attr[index])
     return _plot_map(
-        saliency, source.frame_rate, features, sampling_rate=sampling_rate, cmap=cmap,
-        alpha=alpha, show_colorbar=show_colorbar,
+        saliency,
+        source.frame_rate,
+        features,
+        sampling_rate=sampling_rate,
+        cmap=cmap,
+        alpha=alpha,
+        show_colorbar=show_colorbar,
         title=title if title is not None else f"Token {index}: {_label(source.tokens[index])}",
-        fig_size=fig_size, plt_fig_axis=plt_fig_axis, show=show,
+        fig_size=fig_size,
+        plt_fig_axis=plt_fig_axis,
+        show=show,
     )
 
 
 def plot_word_saliency(
     result: SPESResult,
-    word_index: Union[int, str],
-    features: Optional[ArrayLike] = None,
+    word_index: int | str,
+    features: ArrayLike | None = None,
     *,
     reduce: str = "max",
-    normalize: Optional[str] = None,
-    title: Optional[str] = None,
-    plt_fig_axis: Optional[FigAxis] = None,
+    normalize: str | None = None,
+    title: str | None = None,
+    plt_fig_axis: FigAxis | None = None,
     show: bool = False,
     **kwargs: Any,
 ) -> FigAxis:
@@ -349,18 +352,16 @@ def plot_word_saliency(
     if title is None:
         pieces = [source.tokens[i] for i in words.metadata["word_groups"][index]]
         title = f"Word {index}: {_label(words.tokens[index])}  (tokens {pieces}, {reduce})"
-    return plot_token_saliency(
-        words, index, features, title=title, plt_fig_axis=plt_fig_axis, show=show, **kwargs
-    )
+    return plot_token_saliency(words, index, features, title=title, plt_fig_axis=plt_fig_axis, show=show, **kwargs)
 
 
 def plot_utterance_map(
     result: SPESResult,
-    features: Optional[ArrayLike] = None,
+    features: ArrayLike | None = None,
     *,
-    normalize: Optional[str] = "reference",
-    title: Optional[str] = None,
-    plt_fig_axis: Optional[FigAxis] = None,
+    normalize: str | None = "reference",
+    title: str | None = None,
+    plt_fig_axis: FigAxis | None = None,
     show: bool = False,
     **kwargs: Any,
 ) -> FigAxis:
@@ -386,21 +387,25 @@ def plot_utterance_map(
     options.update(kwargs)
     saliency = _to_numpy(result.utterance_map(normalize))
     return _plot_map(
-        saliency, result.frame_rate, features,
+        saliency,
+        result.frame_rate,
+        features,
         title=title if title is not None else f"Utterance map: {result.text.strip()!r}",
-        plt_fig_axis=plt_fig_axis, show=show, **options,  # type: ignore[arg-type]
+        plt_fig_axis=plt_fig_axis,
+        show=show,
+        **options,  # type: ignore[arg-type]
     )
 
 
 def plot_token_map(
     result: SPESResult,
     *,
-    normalize: Optional[str] = None,
+    normalize: str | None = None,
     cmap: str = "Reds",
     show_colorbar: bool = True,
-    title: Optional[str] = "Token-to-token saliency",
-    fig_size: Optional[Tuple[float, float]] = None,
-    plt_fig_axis: Optional[FigAxis] = None,
+    title: str | None = "Token-to-token saliency",
+    fig_size: tuple[float, float] | None = None,
+    plt_fig_axis: FigAxis | None = None,
     show: bool = False,
 ) -> FigAxis:
     r"""Causal token map: how much each decoder input (columns) mattered for each explained
@@ -450,7 +455,7 @@ def plot_token_map(
     return fig, ax
 
 
-def _interval(item: Any) -> Tuple[float, float, str]:
+def _interval(item: Any) -> tuple[float, float, str]:
     if hasattr(item, "start") and hasattr(item, "end"):
         return float(item.start), float(item.end), str(getattr(item, "label", ""))
     start, end, label = item
@@ -459,15 +464,15 @@ def _interval(item: Any) -> Tuple[float, float, str]:
 
 def plot_time_profile(
     result: SPESResult,
-    words: Optional[Sequence[Any]] = None,
+    words: Sequence[Any] | None = None,
     *,
-    token: Optional[Union[int, str]] = None,
-    normalize: Optional[str] = "reference",
+    token: int | str | None = None,
+    normalize: str | None = "reference",
     reduce: str = "mean",
     color: str = "C3",
-    title: Optional[str] = None,
-    fig_size: Tuple[float, float] = (9, 3),
-    plt_fig_axis: Optional[FigAxis] = None,
+    title: str | None = None,
+    fig_size: tuple[float, float] = (9, 3),
+    plt_fig_axis: FigAxis | None = None,
     show: bool = False,
 ) -> FigAxis:
     r"""Saliency over time with the transcript's words under their time spans.
@@ -521,10 +526,16 @@ def plot_time_profile(
     if words is not None:
         for number, item in enumerate(words):
             start, end, label = _interval(item)
-            ax.axvspan(start, end, ymin=0.0, ymax=0.22, color="0.85" if number % 2 else "0.75",
-                       linewidth=0)
-            ax.text((start + end) / 2, 0.03 + 0.09 * (number % 2), label, transform=under,
-                    ha="center", va="bottom", fontsize=8)
+            ax.axvspan(start, end, ymin=0.0, ymax=0.22, color="0.85" if number % 2 else "0.75", linewidth=0)
+            ax.text(
+                (start + end) / 2,
+                0.03 + 0.09 * (number % 2),
+                label,
+                transform=under,
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         note = "words: alignment spans"
     else:
         merged = source.to_words()
@@ -532,11 +543,11 @@ def plot_time_profile(
         for number, label in enumerate(merged.tokens[:-1]):  # the end token is no word
             peak = (int(np.argmax(word_profiles[number])) + 0.5) / source.frame_rate
             ax.axvline(peak, color="0.6", linestyle=":", linewidth=0.8)
-            ax.text(peak, 0.03 + 0.09 * (number % 2), _label(label), transform=under,
-                    ha="center", va="bottom", fontsize=8)
+            ax.text(
+                peak, 0.03 + 0.09 * (number % 2), _label(label), transform=under, ha="center", va="bottom", fontsize=8
+            )
         note = "words placed at their saliency peaks (no alignment given)"
-    ax.text(0.995, 0.98, note, transform=ax.transAxes, ha="right", va="top", fontsize=7,
-            style="italic", color="0.35")
+    ax.text(0.995, 0.98, note, transform=ax.transAxes, ha="right", va="top", fontsize=7, style="italic", color="0.35")
     ax.set_title(title if title is not None else f"Time profile of the {what}")
     _finish(fig, show, tidy=plt_fig_axis is None)
     return fig, ax

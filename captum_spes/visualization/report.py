@@ -20,6 +20,7 @@ carries ``data-active`` (``"utterance"``, ``"word:i"`` or ``"token:k"``),
 ``data-active-word`` and ``data-active-token`` (index or empty), ``#audio`` carries
 ``data-play-start``/``data-play-end`` while a range plays.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,8 +28,9 @@ import html
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,21 +40,25 @@ from captum_spes._utils.files import refuse_overwrite
 
 __all__ = ["write_html_report", "salient_span"]
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 # Colour stops of the overlay colormap (dark purple -> red -> yellow), interpolated to a
 # 256-entry table; low saliency is also more transparent, so the spectrogram shows through.
-_STOPS = [(0.0, (20, 11, 52)), (0.3, (120, 28, 109)), (0.55, (212, 72, 66)),
-          (0.8, (250, 160, 30)), (1.0, (252, 255, 164))]
+_STOPS = [
+    (0.0, (20, 11, 52)),
+    (0.3, (120, 28, 109)),
+    (0.55, (212, 72, 66)),
+    (0.8, (250, 160, 30)),
+    (1.0, (252, 255, 164)),
+]
 
 
-def _lut() -> List[List[int]]:
+def _lut() -> list[list[int]]:
     positions = [p for p, _ in _STOPS]
     table = []
     for level in range(256):
         x = level / 255.0
-        table.append([int(round(np.interp(x, positions, [c[ch] for _, c in _STOPS])))
-                      for ch in range(3)])
+        table.append([int(round(np.interp(x, positions, [c[ch] for _, c in _STOPS]))) for ch in range(3)])
     return table
 
 
@@ -62,7 +68,7 @@ def _numpy(values: ArrayLike) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def _quantise(values: np.ndarray) -> Tuple[str, float, float]:
+def _quantise(values: np.ndarray) -> tuple[str, float, float]:
     """uint8 levels over the array's own [min, max], base64-encoded (row-major)."""
     low, high = float(np.min(values)), float(np.max(values))
     scale = (values - low) / (high - low) if high > low else np.zeros_like(values)
@@ -70,8 +76,9 @@ def _quantise(values: np.ndarray) -> Tuple[str, float, float]:
     return base64.b64encode(levels.tobytes()).decode("ascii"), low, high
 
 
-def salient_span(profile: ArrayLike, frame_rate: float, top_percent: float = 10.0,
-                 pad_s: float = 0.05, min_s: float = 0.2) -> Tuple[float, float]:
+def salient_span(
+    profile: ArrayLike, frame_rate: float, top_percent: float = 10.0, pad_s: float = 0.05, min_s: float = 0.2
+) -> tuple[float, float]:
     r"""Seconds ``(start, end)`` of the salient region of a time profile: the run of
     consecutive frames around the peak that lie in the top ``top_percent`` % of frames,
     padded by ``pad_s`` on each side and widened to at least ``min_s`` (a few frames are
@@ -122,7 +129,7 @@ def _wav_data_uri(waveform: ArrayLike, sampling_rate: int) -> str:
     return "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _background(features: Optional[ArrayLike], n_mels: int, n_frames: int) -> Optional[str]:
+def _background(features: ArrayLike | None, n_mels: int, n_frames: int) -> str | None:
     if features is None:
         return None
     values = _numpy(features)
@@ -136,20 +143,38 @@ def _background(features: Optional[ArrayLike], n_mels: int, n_frames: int) -> Op
     return _quantise(values[:, :n_frames])[0]
 
 
-def _time_ticks(duration: float) -> List[float]:
+def _time_ticks(duration: float) -> list[float]:
     for step in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0):
         if duration / step <= 12:
             break
     return [round(i * step, 3) for i in range(int(duration / step + 1e-9) + 1)]
 
 
-def _metadata_rows(result: SPESResult) -> List[Tuple[str, str]]:
+def _metadata_rows(result: SPESResult) -> list[tuple[str, str]]:
     meta = dict(result.metadata)
-    first = ["model_id", "model_class", "method", "n_masks", "masks_per_level",
-             "segments_requested", "segments_obtained", "seed", "impact", "baseline", "p",
-             "mask_family", "token_masks", "n_token_masks", "num_frames", "frame_rate",
-             "seconds", "device", "dtype", "normalization"]
-    rows: List[Tuple[str, str]] = []
+    first = [
+        "model_id",
+        "model_class",
+        "method",
+        "n_masks",
+        "masks_per_level",
+        "segments_requested",
+        "segments_obtained",
+        "seed",
+        "impact",
+        "baseline",
+        "p",
+        "mask_family",
+        "token_masks",
+        "n_token_masks",
+        "num_frames",
+        "frame_rate",
+        "seconds",
+        "device",
+        "dtype",
+        "normalization",
+    ]
+    rows: list[tuple[str, str]] = []
 
     def show(value: Any) -> str:
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
@@ -162,7 +187,7 @@ def _metadata_rows(result: SPESResult) -> List[Tuple[str, str]]:
     return rows
 
 
-def _intervals(words: Optional[Sequence[Any]]) -> List[Dict[str, Any]]:
+def _intervals(words: Sequence[Any] | None) -> list[dict[str, Any]]:
     out = []
     for item in words or []:
         if hasattr(item, "start"):
@@ -180,17 +205,17 @@ def _piece(text: str) -> str:
 
 def write_html_report(
     result: SPESResult,
-    path: Union[str, os.PathLike],
+    path: str | os.PathLike,
     *,
-    waveform: Optional[ArrayLike] = None,
+    waveform: ArrayLike | None = None,
     sampling_rate: int = 16000,
-    features: Optional[ArrayLike] = None,
-    words: Optional[Sequence[Any]] = None,
+    features: ArrayLike | None = None,
+    words: Sequence[Any] | None = None,
     overwrite: bool = False,
-    normalize: Optional[str] = None,
+    normalize: str | None = None,
     top_percent: float = 10.0,
-    title: Optional[str] = None,
-    listen_top_percent: Optional[float] = 10.0,
+    title: str | None = None,
+    listen_top_percent: float | None = 10.0,
 ) -> Path:
     r"""Write an interactive, self-contained HTML report of ``result``.
 
@@ -236,7 +261,7 @@ def write_html_report(
     word_profiles = _numpy(merged.time_profile("mean"))
     for i, text in enumerate(merged.tokens):
         start, end = salient_span(word_profiles[i], rate, top_percent)
-        item: Dict[str, Any] = {"text": text, "tokens": groups[i], "start": start, "end": end}
+        item: dict[str, Any] = {"text": text, "tokens": groups[i], "start": start, "end": end}
         if len(groups[i]) == 1:
             # A one-token word has its token's map: point at it rather than embed it twice.
             token_item = token_items[groups[i][0]]
@@ -246,11 +271,16 @@ def write_html_report(
         word_items.append(item)
     utterance, u_low, u_high = _quantise(_numpy(result.utterance_map()))
     payload = {
-        "n_mels": source.n_mels, "n_frames": source.n_frames, "frame_rate": rate,
-        "duration": source.duration, "background": _background(features, source.n_mels, source.n_frames),
-        "tokens": token_items, "words": word_items,
+        "n_mels": source.n_mels,
+        "n_frames": source.n_frames,
+        "frame_rate": rate,
+        "duration": source.duration,
+        "background": _background(features, source.n_mels, source.n_frames),
+        "tokens": token_items,
+        "words": word_items,
         "utterance": {"map": utterance, "min": u_low, "max": u_high},
-        "lut": _lut(), "alignment": _intervals(words),
+        "lut": _lut(),
+        "alignment": _intervals(words),
     }
     # "</" would end the <script> element early.
     payload_json = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
@@ -271,10 +301,10 @@ def _listen_clips(
     result: SPESResult,
     waveform: ArrayLike,
     sampling_rate: int,
-    spans: List[Tuple[float, float]],
+    spans: list[tuple[float, float]],
     top_percent: float,
     margin: float = 0.25,
-) -> List[str]:
+) -> list[str]:
     """Per word (end token excluded), a WAV data URI of its resynthesised salient audio."""
     from captum_spes.visualization.listen import salient_audio
 
@@ -297,8 +327,9 @@ def _token_map_table(source: SPESResult) -> str:
     shown = values[valid]
     low, high = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 1.0)
     span = high - low if high > low else 1.0
-    head = "".join(f"<th class='col' title='{html.escape(t)}'>{html.escape(_piece(t))}</th>"
-                   for t in source.decoder_input_tokens)
+    head = "".join(
+        f"<th class='col' title='{html.escape(t)}'>{html.escape(_piece(t))}</th>" for t in source.decoder_input_tokens
+    )
     rows = []
     for k, token in enumerate(source.tokens):
         cells = []
@@ -307,25 +338,34 @@ def _token_map_table(source: SPESResult) -> str:
                 cells.append("<td class='na'></td>")
                 continue
             level = (values[k, c] - low) / span
-            cells.append(f"<td style='background:rgba(200,30,30,{level:.3f})' "
-                         f"title='{values[k, c]:.4g}'></td>")
-        rows.append(f"<tr><th class='row' data-token-index='{k}'>{html.escape(_piece(token))}</th>"
-                    + "".join(cells) + "</tr>")
-    return (f"<table id='token-map'><thead><tr><th></th>{head}</tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>"
-            f"<p class='note'>Rows: explained tokens; columns: decoder inputs (prompt first). "
-            f"Blank cells are inputs a causal decoder cannot see. Colour scale {low:.3g} to {high:.3g}.</p>")
+            cells.append(f"<td style='background:rgba(200,30,30,{level:.3f})' title='{values[k, c]:.4g}'></td>")
+        rows.append(
+            f"<tr><th class='row' data-token-index='{k}'>{html.escape(_piece(token))}</th>" + "".join(cells) + "</tr>"
+        )
+    return (
+        f"<table id='token-map'><thead><tr><th></th>{head}</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        f"<p class='note'>Rows: explained tokens; columns: decoder inputs (prompt first). "
+        f"Blank cells are inputs a causal decoder cannot see. Colour scale {low:.3g} to {high:.3g}.</p>"
+    )
 
 
-def _render(source: SPESResult, merged: SPESResult, spans: List[Tuple[float, float]], payload_json: str, waveform: Optional[ArrayLike],
-            sampling_rate: int, top_percent: float, title: Optional[str], listen: Optional[List[str]] = None) -> str:
+def _render(
+    source: SPESResult,
+    merged: SPESResult,
+    spans: list[tuple[float, float]],
+    payload_json: str,
+    waveform: ArrayLike | None,
+    sampling_rate: int,
+    top_percent: float,
+    title: str | None,
+    listen: list[str] | None = None,
+) -> str:
     from captum_spes.visualization.plots import mel_frequencies
 
     esc = html.escape
     heading = title if title is not None else (source.text.strip() or "SPES explanation")
     if waveform is not None:
-        audio = (f"<audio id='audio' controls preload='auto' src='{_wav_data_uri(waveform, sampling_rate)}'>"
-                 "</audio>")
+        audio = f"<audio id='audio' controls preload='auto' src='{_wav_data_uri(waveform, sampling_rate)}'></audio>"
     else:
         audio = "<audio id='audio' controls></audio><p class='note'>No waveform was given to the report.</p>"
     word_spans = []
@@ -340,7 +380,8 @@ def _render(source: SPESResult, merged: SPESResult, spans: List[Tuple[float, flo
                 f"<button class='listen-word' data-word-index='{i}' title='listen to the explanation: only the "
                 f"top salient time-frequency bins, resynthesised'>&#128266;</button>"
                 f"<audio class='listen-audio' data-word-index='{i}' preload='none' src='{listen[i]}'></audio>"
-                if listen is not None and i < len(listen) else ""
+                if listen is not None and i < len(listen)
+                else ""
             )
             + "</span>"
         )
@@ -361,10 +402,18 @@ def _render(source: SPESResult, merged: SPESResult, spans: List[Tuple[float, flo
             freq_ticks.append(f"<span class='ftick' style='bottom:{100 * position:.3f}%'>{hz}</span>")
     meta_rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in _metadata_rows(source))
     return _TEMPLATE.format(
-        title=esc(heading), audio=audio, words="".join(word_spans), tokens=token_spans,
-        time_ticks=time_ticks, freq_ticks="".join(freq_ticks), token_map=_token_map_table(source),
-        metadata=meta_rows, payload=payload_json, top_percent=f"{top_percent:g}",
-        n_frames=source.n_frames, n_mels=source.n_mels,
+        title=esc(heading),
+        audio=audio,
+        words="".join(word_spans),
+        tokens=token_spans,
+        time_ticks=time_ticks,
+        freq_ticks="".join(freq_ticks),
+        token_map=_token_map_table(source),
+        metadata=meta_rows,
+        payload=payload_json,
+        top_percent=f"{top_percent:g}",
+        n_frames=source.n_frames,
+        n_mels=source.n_mels,
     )
 
 
@@ -532,7 +581,8 @@ document.body.dataset.ready = "1";
 _TEMPLATE = (
     "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
     "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-    "<link rel='icon' href='data:,'><title>SPES: {title}</title><style>" + _CSS.replace("{", "{{").replace("}", "}}")
+    "<link rel='icon' href='data:,'><title>SPES: {title}</title><style>"
+    + _CSS.replace("{", "{{").replace("}", "}}")
     + "</style></head><body>"
     "<h1>SPES explanation: {title}</h1>"
     "{audio}"
