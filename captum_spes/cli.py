@@ -526,9 +526,9 @@ def _run_info(args: argparse.Namespace) -> int:
 # ----- parser -----------------------------------------------------------------------
 def _compare_module() -> Any:
     """The comparison harness's CLI hooks (imported lazily: it pulls in Captum's methods)."""
-    from captum_spes import comparison
+    from captum_spes.comparison import cli as comparison_cli
 
-    return comparison
+    return comparison_cli
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, n_masks: int, batch_size: int, out: str | None) -> None:

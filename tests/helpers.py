@@ -125,6 +125,7 @@ class ToySpeechModel(nn.Module):
         self.config = SimpleNamespace(decoder_start_token_id=TOY_START, eos_token_id=TOY_EOS, pad_token_id=None)
         self.generation_config = None
         self.direction = nn.Parameter(torch.ones(4) / 4, requires_grad=False)
+        self.eval()  # an inference-only model; SPES refuses models left in training mode
 
     def get_encoder(self) -> nn.Module:
         return self.encoder

@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import tiny_whisper
 
-from captum_spes._utils.adapters import WhisperAdapter
+from captum_spes.adapters import WhisperAdapter
 
 
 def _whisper_like(num_frames: int, maximum: float, total: int = 3000) -> torch.Tensor:

@@ -204,8 +204,9 @@ def test_auto_string_and_bad_values():
     spes = SPES(SpeechSeq2SeqWrapper(ToySpeechModel()))
     with pytest.raises(ValueError, match='"auto"'):
         spes.attribute(toy_features(), n_masks="many")
-    assert spes._resolve_adaptive("auto") == AdaptiveMasks()
-    assert spes._resolve_adaptive("auto").criterion == "utterance_top_overlap"
+    result = spes.attribute(toy_features(), n_masks="auto", token_p=None)
+    assert result.metadata["adaptive"]["stop_on"] == "utterance_top_overlap"
+    assert result.metadata["adaptive"]["criterion"] == AdaptiveMasks().config()["criterion"]
 
 
 def test_utterance_overlap_by_hand():

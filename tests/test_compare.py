@@ -17,11 +17,10 @@ from captum_spes.comparison import (
     COLUMNS,
     DEFAULT_METHODS,
     ComparisonReport,
-    add_compare_arguments,
     compare,
     count_passes,
-    run_compare,
 )
+from captum_spes.comparison.cli import add_compare_arguments, run_compare
 from captum_spes.comparison.methods import occlusion_windows
 from captum_spes.data import AlignedInterval
 

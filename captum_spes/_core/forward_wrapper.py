@@ -19,7 +19,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from captum_spes._utils.adapters import ModelAdapter, get_model_adapter
+from captum_spes.adapters import ModelAdapter, get_model_adapter
 
 __all__ = ["Hypothesis", "SpeechSeq2SeqWrapper"]
 
@@ -181,9 +181,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
         if isinstance(target, Hypothesis):
             hypothesis = target
         elif target is None:
-            with torch.inference_mode():
-                output = self.model.generate(**{self.adapter.input_name: inputs}, **generate_kwargs)
-            sequence = getattr(output, "sequences", output)[0]
+            sequence = self.adapter.generate(inputs, **generate_kwargs)[0]
             generated_prompt, token_ids = self.adapter.generated_hypothesis(sequence, inputs, generate_kwargs)
             hypothesis = self._build(
                 list(prompt_ids) if prompt_ids is not None else generated_prompt, token_ids, eos, "generate"
@@ -313,9 +311,8 @@ class SpeechSeq2SeqWrapper(nn.Module):
         """
         batch = token_keep_mask.shape[0]
         keep = self._check_keep_mask(token_keep_mask, batch)
-        hidden = encoder_outputs[0] if isinstance(encoder_outputs, (tuple, list)) else encoder_outputs.last_hidden_state
-        expanded = (hidden.expand(batch, *hidden.shape[1:]),)
-        ids = self._decoder_input_ids.to(hidden.device).expand(batch, -1)
+        expanded = self.adapter.expand_encoder_outputs(encoder_outputs, batch)
+        ids = self._decoder_input_ids.to(self.device).expand(batch, -1)
         with self._zeroed_tokens(keep):
             logits = self.adapter.logits(ids, encoder_outputs=expanded)
         return self._explained_logits(logits).float().log_softmax(dim=-1)

@@ -34,17 +34,26 @@ earlier, and the utterance map's top tracks them. The default thresholds live in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from captum_spes._utils.sampling import split_masks_across_levels
 from captum_spes.normalizers import normalize_reference
+
+if TYPE_CHECKING:
+    from captum_spes._core.estimators import Estimator
+
+#: runs one round: ``(masks per level, round index, half estimator)``
+RoundFn = Callable[[Sequence[int], int, "Estimator"], None]
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "AdaptiveMasks",
+    "run_adaptive",
     "split_half_reliability",
     "split_half_top_overlap",
     "split_half_utterance_overlap",
@@ -254,3 +263,76 @@ def split_half_utterance_overlap(first_maps: Tensor, second_maps: Tensor, top_pe
     first = normalize_reference(first_maps)[0].mean(dim=0, keepdim=True)
     second = normalize_reference(second_maps)[0].mean(dim=0, keepdim=True)
     return split_half_top_overlap(first, second, top_percent)
+
+
+def run_adaptive(
+    rule: AdaptiveMasks, estimator: Estimator, labels: Sequence[Tensor], run_round: RoundFn
+) -> tuple[list[int], dict[str, Any]]:
+    r"""Sample rounds of masks into two halves until ``rule`` is met; merge them into ``estimator``.
+
+    Rounds alternate between two empty copies of ``estimator``. After every round from the
+    second on, the three split-half statistics are computed on the halves' maps (the
+    reliability at unit resolution, the overlaps on the element maps over the speech frames)
+    and recorded; sampling stops when the selected criterion reaches its threshold (and at
+    least ``rule.min_masks`` masks were used) or when the cap is hit.
+
+    Args:
+        rule (AdaptiveMasks): the stopping rule.
+        estimator (Estimator): bound to the utterance; receives both halves at the end.
+        labels (sequence of Tensor): per level, the segment ids of every element.
+        run_round (callable): ``run_round(masks_per_level, round_index, half)`` draws the
+            round's masks (from the round's own seeded streams) and adds them to ``half``.
+
+    Returns:
+        *tuple* of the masks used per level and the description for ``metadata["adaptive"]``.
+    """
+    num_levels = len(labels)
+    if rule.round_size < num_levels:
+        raise ValueError(
+            f"AdaptiveMasks(round_size={rule.round_size}) is smaller than the number of mask levels "
+            f"({num_levels}): every round needs at least one mask per level; raise round_size (default 256)"
+        )
+    if rule.max_masks < 2 * rule.round_size:
+        raise ValueError(
+            f"AdaptiveMasks(max_masks={rule.max_masks}) allows fewer than two rounds of {rule.round_size} masks; "
+            "the split halves need one round each: raise max_masks or lower round_size"
+        )
+    halves = [estimator.empty_like(), estimator.empty_like()]
+    threshold = rule.resolved_threshold
+    used = [0] * num_levels
+    history: list[dict[str, float]] = []
+    statistics = {name: float("nan") for name in ("utterance_top_overlap", "top_overlap", "reliability")}
+    round_index = 0
+    while sum(used) < rule.max_masks:
+        size = min(rule.round_size, rule.max_masks - sum(used))
+        if size < num_levels:
+            break  # a last partial round too small for every level: stop at the cap
+        per_level = split_masks_across_levels(size, num_levels)
+        run_round(per_level, round_index, halves[round_index % 2])
+        used = [u + n for u, n in zip(used, per_level)]
+        round_index += 1
+        if round_index < 2:
+            continue
+        first, second = halves[0].finalize(labels), halves[1].finalize(labels)
+        statistics["reliability"] = split_half_reliability([first.unit_attribution], [second.unit_attribution])
+        statistics["top_overlap"] = split_half_top_overlap(first.attribution, second.attribution, rule.top_percent)
+        statistics["utterance_top_overlap"] = split_half_utterance_overlap(
+            first.attribution, second.attribution, rule.top_percent
+        )
+        del first, second
+        history.append({"masks": sum(used), **statistics})
+        if sum(used) >= rule.min_masks and statistics[rule.criterion] >= threshold:
+            break
+    for half in halves:
+        estimator.merge(half)
+    statistic = statistics[rule.criterion]
+    info = {
+        **rule.config(),
+        "statistic": statistic,
+        **statistics,
+        "converged": bool(statistic >= threshold),
+        "masks_used": sum(used),
+        "rounds": round_index,
+        "history": history,
+    }
+    return used, info

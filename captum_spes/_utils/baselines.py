@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from captum_spes._utils.adapters import ModelAdapter
+from captum_spes.adapters import InputLayout, ModelAdapter
 
 __all__ = ["BaselineSpec", "resolve_baseline"]
 
@@ -32,9 +32,12 @@ def resolve_baseline(
     baselines: BaselineSpec,
     canonical_full: Tensor,
     num_frames: int,
-    adapter: ModelAdapter,
+    adapter: ModelAdapter | InputLayout,
 ) -> tuple[Tensor, dict[str, object]]:
     """Resolve ``baselines`` to a tensor broadcastable to ``(n_mels, num_frames)``.
+
+    ``adapter`` is the model's adapter, or a bare :class:`~captum_spes.adapters.InputLayout`
+    when no model is at hand (then ``"floor"`` is the smallest speech value).
 
     Returns:
         *tuple* of the baseline tensor and a JSON-serialisable description for metadata.
@@ -48,7 +51,10 @@ def resolve_baseline(
         return speech.mean(dim=1, keepdim=True), {"kind": "channel_mean"}
     if isinstance(baselines, str):
         if baselines == "floor":
-            value = adapter.floor_value(canonical_full, num_frames)
+            if isinstance(adapter, ModelAdapter):
+                value = adapter.floor_value(canonical_full, num_frames)
+            else:
+                value = speech.min()
             return value.reshape(1, 1).to(speech.dtype), {"kind": "floor", "value": float(value)}
         raise ValueError(f"baselines={baselines!r} is not known; use one of {list(_NAMED)}, a number, or a tensor")
     if isinstance(baselines, bool):
@@ -62,8 +68,9 @@ def resolve_baseline(
         tensor = baselines.to(device=speech.device, dtype=speech.dtype)
         if not torch.isfinite(tensor).all():
             raise ValueError("baselines holds NaN or inf values; give finite occlusion values")
-        if tensor.dim() == adapter.expected_input_dims() and tensor.shape[0] == 1:
-            canonical = adapter.to_canonical(tensor)
+        layout = adapter.input_layout if isinstance(adapter, ModelAdapter) else adapter
+        if tensor.dim() == layout.input_dims and tensor.shape[0] == 1:
+            canonical = layout.to_canonical(tensor)
             if canonical.shape[1] == canonical_full.shape[1]:
                 canonical = canonical[:, :num_frames]
             tensor = canonical

@@ -102,7 +102,7 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"captum-spes compare: error: {err}", file=sys.stderr)
         return 2
 
-    from captum_spes._utils.masks import SLICMasks
+    from captum_spes.masks import SLICMasks
 
     family = None if args.slic_segments is None else SLICMasks(n_segments=args.slic_segments)
     features = processor(waveform, sampling_rate=16000, return_tensors="pt").input_features

@@ -12,10 +12,11 @@ from torch import Tensor
 
 from captum_spes._core.forward_wrapper import SpeechSeq2SeqWrapper, TargetType
 from captum_spes._core.result import SPESResult
-from captum_spes._utils.baselines import BaselineSpec, resolve_baseline
-from captum_spes._utils.masks import MaskFamily, resolve_mask_family
+from captum_spes._core.utterance import Utterance
+from captum_spes._utils.baselines import BaselineSpec
 from captum_spes.comparison.methods import METHODS, MethodContext, run_method
 from captum_spes.comparison.report import ComparisonReport, MethodResult
+from captum_spes.masks import MaskFamily, resolve_mask_family
 from captum_spes.metrics.deletion import DecodeFn, deletion_curve, make_generate_decoder, ranking_map
 from captum_spes.metrics.plausibility import AlignmentLike, word_plausibility
 from captum_spes.metrics.size import size_curve
@@ -81,27 +82,18 @@ def prepare_context(
     Returns:
         *MethodContext* for :func:`~captum_spes.comparison.methods.run_method`.
     """
-    adapter = wrapper.adapter
-    adapter.check_input(features)
-    features = features.to(wrapper.device)
-    hypothesis = wrapper.set_hypothesis(features, target, prompt_ids=prompt_ids, generate_kwargs=generate_kwargs)
-    canonical_full = adapter.to_canonical(features)
-    total = int(canonical_full.shape[1])
-    if num_frames is None:
-        num_frames = adapter.speech_frames(features)
-    elif isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= total:
-        raise ValueError(f"num_frames must be an int in [1, {total}], got {num_frames!r}")
-    baseline, _ = resolve_baseline(baselines, canonical_full, num_frames, adapter)
-    baseline = baseline.to(canonical_full).expand(canonical_full.shape[0], num_frames)
-    family = resolve_mask_family(feature_mask)
+    utterance = Utterance.prepare(
+        features.to(wrapper.device), wrapper.adapter, num_frames=num_frames, baselines=baselines
+    )
+    hypothesis = wrapper.set_hypothesis(
+        utterance.inputs, target, prompt_ids=prompt_ids, generate_kwargs=generate_kwargs
+    )
+    family = resolve_mask_family(feature_mask) if feature_mask is not None else wrapper.adapter.default_mask_family()
     # The same segmentation SPES computes (SLIC is deterministic), for FeatureAblation.
-    levels = family.segment(canonical_full[:, :num_frames].detach().float().cpu())
+    levels = utterance.segment(family)
     return MethodContext(
         wrapper=wrapper,
-        features=features,
-        canonical_full=canonical_full,
-        num_frames=num_frames,
-        baseline=baseline,
+        utterance=utterance,
         hypothesis=hypothesis,
         feature_mask=family,
         levels=levels,

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper
 from captum_spes._core.spes import SPES
-from captum_spes._utils.masks import MaskFamily, MaskLevel
+from captum_spes._core.utterance import Utterance
+from captum_spes.masks import MaskFamily, MaskLevel
 
 __all__ = [
     "METHODS",
@@ -135,10 +136,7 @@ class MethodContext:
 
     Attributes:
         wrapper (SpeechSeq2SeqWrapper): with ``hypothesis`` set.
-        features (Tensor): the clean model input ``(1, ...)``.
-        canonical_full (Tensor): ``(n_mels, total_frames)``.
-        num_frames (int): speech frames.
-        baseline (Tensor): ``(n_mels, num_frames)`` occlusion / path-start value.
+        utterance (Utterance): the clean input, its speech frames and baseline.
         hypothesis (Hypothesis): the frozen hypothesis.
         feature_mask (MaskFamily): the SLIC (or other) family SPES uses.
         levels (list of MaskLevel): its segmentation of this utterance.
@@ -147,16 +145,33 @@ class MethodContext:
     """
 
     wrapper: SpeechSeq2SeqWrapper
-    features: Tensor
-    canonical_full: Tensor
-    num_frames: int
-    baseline: Tensor
+    utterance: Utterance
     hypothesis: Hypothesis
     feature_mask: MaskFamily
     levels: list[MaskLevel]
     seed: int
     batch_size: int
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def features(self) -> Tensor:
+        """The clean model input ``(1, ...)``."""
+        return self.utterance.inputs
+
+    @property
+    def canonical_full(self) -> Tensor:
+        """The clean input in canonical layout ``(n_mels, total_frames)``."""
+        return self.utterance.canonical
+
+    @property
+    def num_frames(self) -> int:
+        return self.utterance.num_frames
+
+    @property
+    def baseline(self) -> Tensor:
+        """``(n_mels, num_frames)`` occlusion / path-start value."""
+        speech = self.utterance.speech
+        return self.utterance.baseline.to(speech).expand(*speech.shape)
 
     @property
     def speech(self) -> Tensor:

@@ -36,8 +36,9 @@ from torch import Tensor
 
 from captum_spes._core.forward_wrapper import SpeechSeq2SeqWrapper
 from captum_spes._core.result import SPESResult
-from captum_spes._utils.adapters import ModelAdapter, get_model_adapter
-from captum_spes._utils.baselines import BaselineSpec, resolve_baseline
+from captum_spes._core.utterance import Utterance
+from captum_spes._utils.baselines import BaselineSpec
+from captum_spes.adapters import InputLayout, ModelAdapter, get_model_adapter
 from captum_spes.metrics._text import TEXT_METRICS, as_text_list, score_texts
 from captum_spes.normalizers import NORMALIZERS
 
@@ -220,13 +221,9 @@ def perturbed_inputs(
     Returns:
         *Tensor* model inputs ``(batch, ...)``.
     """
-    adapter = adapter or ModelAdapter(None)
-    canonical = adapter.to_canonical(features)
-    n_frames = replaced.shape[-1]
-    speech = canonical[:, :n_frames]
-    batch = canonical.expand(replaced.shape[0], *canonical.shape).clone()
-    batch[:, :, :n_frames] = torch.where(replaced.to(speech.device), baseline.to(speech), speech)
-    return adapter.from_canonical(batch)
+    layout = adapter.input_layout if adapter is not None else InputLayout("mel_first")
+    utterance = Utterance(features, layout, layout.to_canonical(features), int(replaced.shape[-1]), baseline)
+    return utterance.perturbed_inputs(replaced)
 
 
 # ----- decoding -------------------------------------------------------------------------
@@ -253,15 +250,12 @@ def make_generate_decoder(
         raise TypeError("processor must be a Hugging Face processor or tokenizer with batch_decode")
     adapter = get_model_adapter(model)
     kwargs = dict(generate_kwargs or {})
-    device = next(model.parameters()).device
 
     def decode(features: Tensor) -> list[str]:
         texts: list[str] = []
-        with torch.inference_mode():
-            for chunk in features.split(batch_size):
-                output = model.generate(**{adapter.input_name: chunk.to(device)}, **kwargs)
-                sequences = getattr(output, "sequences", output)
-                texts.extend(t.strip() for t in tokenizer.batch_decode(sequences, skip_special_tokens=True))
+        for chunk in features.split(batch_size):
+            sequences = adapter.generate(chunk.to(adapter.device), **kwargs)
+            texts.extend(t.strip() for t in tokenizer.batch_decode(sequences, skip_special_tokens=True))
         return texts
 
     decode.adapter = adapter  # type: ignore[attr-defined]
@@ -319,21 +313,20 @@ def _prepare(
             f"attributions, features and num_frames must describe the same utterances, got "
             f"{len(maps)}, {len(feats)} and {len(frames)}"
         )
-    adapter = adapter or ModelAdapter(None)
+    layout: ModelAdapter | InputLayout = adapter or InputLayout("mel_first")
+    input_dims = layout.expected_input_dims() if isinstance(layout, ModelAdapter) else layout.input_dims
     out = []
     for index, (attribution, feature, frame_count) in enumerate(zip(maps, feats, frames)):
-        if not isinstance(feature, Tensor) or feature.dim() != adapter.expected_input_dims() or feature.shape[0] != 1:
+        if not isinstance(feature, Tensor) or feature.dim() != input_dims or feature.shape[0] != 1:
             raise ValueError(
                 f"features[{index}] must be one utterance in the model layout with batch 1, e.g. "
                 f"(1, 80, 3000), got {getattr(feature, 'shape', type(feature).__name__)}"
             )
-        canonical = adapter.to_canonical(feature)
+        canonical = layout.to_canonical(feature)
         score_map = _speech_map(ranking_map(attribution, token_index, normalize), canonical, frame_count, index)
-        speech_frames = score_map.shape[1]
-        baseline, _ = resolve_baseline(baselines, canonical, speech_frames, adapter)
+        utterance = Utterance.prepare(feature, layout, num_frames=int(score_map.shape[1]), baselines=baselines)
         replaced = perturbation_masks(score_map.to(canonical.device), levels, mode)
-        inputs = perturbed_inputs(feature, replaced, baseline, adapter)
-        out.append((inputs, replaced.flatten(1).sum(dim=1), speech_frames))
+        out.append((utterance.perturbed_inputs(replaced), replaced.flatten(1).sum(dim=1), utterance.num_frames))
     return out
 
 
