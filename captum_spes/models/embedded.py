@@ -30,6 +30,7 @@ import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from captum_spes.models.ctranslate2 import ModelLoadError, load_ctranslate2_whisper
+from captum_spes.models.quiet import hide_whisper_generate_notice, quiet_model_loading
 
 #: Bump when the conversion changes, so that stale caches are not reused.
 #: 2: the generation config states the prompt through ``task``/``is_multilingual``
@@ -300,6 +301,8 @@ def load_embedded_model(
 
     A valid cache (its marker records the verified SHA-256 and the converter version)
     is used as is; only a missing or stale cache needs the weights package.
+    transformers' progress bars are hidden while loading (see
+    :mod:`~captum_spes.models.quiet`).
 
     Args:
         name (str, optional): A key of :data:`EMBEDDED_MODELS`. Default: ``"tiny.en"``.
@@ -318,15 +321,17 @@ def load_embedded_model(
     """
     entry = _get(name)
     target = cache_root() / entry.cache_name
-    if not _cache_is_valid(target, entry):
-        try:
-            _convert_to_cache(entry, target)
-        except PermissionError as err:
-            raise ModelLoadError(
-                f"Cannot write the model cache {str(target)!r} ({err}). Set CAPTUM_SPES_CACHE to a writable folder."
-            ) from None
-    model = WhisperForConditionalGeneration.from_pretrained(target, **_from_pretrained_kwargs(torch_dtype))
-    processor = WhisperProcessor.from_pretrained(target, local_files_only=True)
+    with quiet_model_loading():
+        if not _cache_is_valid(target, entry):
+            try:
+                _convert_to_cache(entry, target)
+            except PermissionError as err:
+                raise ModelLoadError(
+                    f"Cannot write the model cache {str(target)!r} ({err}). Set CAPTUM_SPES_CACHE to a writable folder."
+                ) from None
+        model = WhisperForConditionalGeneration.from_pretrained(target, **_from_pretrained_kwargs(torch_dtype))
+        processor = WhisperProcessor.from_pretrained(target, local_files_only=True)
+    hide_whisper_generate_notice()
     model.to(device).eval()
     model.config.name_or_path = name
     model.captum_spes_model_id = entry.model_id()
