@@ -11,6 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_models_ctranslate2 import (  # tests/ is on sys.path (conftest.py)
+    JFK_TEXT,
+    load_jfk,
+    require,
+    same_as_legacy,
+    tiny_whisper,
+    words,
+    write_ct2_whisper,
+)
 from transformers import AutoModelForSpeechSeq2Seq
 
 from captum_spes.models import (
@@ -28,27 +37,6 @@ from captum_spes.models.embedded import (
     cache_root,
     file_sha256,
 )
-
-try:  # pytest puts tests/ on sys.path (rootdir without __init__.py)
-    from test_models_ctranslate2 import (
-        JFK_TEXT,
-        load_jfk,
-        require,
-        same_as_legacy,
-        tiny_whisper,
-        words,
-        write_ct2_whisper,
-    )
-except ImportError:  # pragma: no cover - tests/ imported as a package
-    from tests.test_models_ctranslate2 import (
-        JFK_TEXT,
-        load_jfk,
-        require,
-        same_as_legacy,
-        tiny_whisper,
-        words,
-        write_ct2_whisper,
-    )
 
 
 @pytest.fixture
