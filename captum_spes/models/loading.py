@@ -15,6 +15,7 @@ from captum_spes.models.embedded import (
     _from_pretrained_kwargs,
     load_embedded_model,
 )
+from captum_spes.models.quiet import hide_whisper_generate_notice, quiet_model_loading
 
 
 def load_model(
@@ -84,6 +85,8 @@ def load_model(
         model, processor = _load_hf(name, dtype, local=False)
         model.captum_spes_model_id = f"{name} (Hugging Face hub)"
 
+    if getattr(model.config, "model_type", None) == "whisper":
+        hide_whisper_generate_notice()
     model.to(device).eval()
     model.config.name_or_path = name
     return model, processor
@@ -98,9 +101,10 @@ def _load_hf(name: str, dtype: torch.dtype, *, local: bool) -> tuple[Any, Any]:
         # Only local folders are forced offline: a hub id must be allowed to download.
         kwargs.pop("local_files_only")
     try:
-        model = AutoModelForSpeechSeq2Seq.from_pretrained(name, **kwargs)
-        offline = {"local_files_only": True} if local else {}
-        processor = AutoProcessor.from_pretrained(name, **offline)
+        with quiet_model_loading():
+            model = AutoModelForSpeechSeq2Seq.from_pretrained(name, **kwargs)
+            offline = {"local_files_only": True} if local else {}
+            processor = AutoProcessor.from_pretrained(name, **offline)
     except (OSError, ValueError) as err:
         if local:
             raise ModelLoadError(f"Could not load the Hugging Face checkpoint in {name!r}: {err}") from err
