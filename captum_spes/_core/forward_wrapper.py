@@ -11,8 +11,7 @@ optionally with some decoder-input token embeddings zeroed. It is the ``forward_
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -235,23 +234,6 @@ class SpeechSeq2SeqWrapper(nn.Module):
         )
 
     # ----- forward ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _zeroed_tokens(self, token_keep_mask: Tensor | None) -> Iterator[None]:
-        if token_keep_mask is None:
-            yield
-            return
-        keep = token_keep_mask
-
-        def hook(module: nn.Module, args: Any, output: Tensor) -> Tensor:
-            # Zero whole token embeddings before positions are added (no_position_occlusion).
-            return output * keep.to(dtype=output.dtype, device=output.device)[..., None]
-
-        handle = self.adapter.decoder_embedding().register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
-
     def _check_keep_mask(self, token_keep_mask: Tensor | None, batch: int) -> Tensor | None:
         if token_keep_mask is None:
             return None
@@ -291,7 +273,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
         batch = input_features.shape[0]
         keep = self._check_keep_mask(token_keep_mask, batch)
         ids = self._decoder_input_ids.to(input_features.device).expand(batch, -1)
-        with self._zeroed_tokens(keep):
+        with self.adapter.zeroed_token_embeddings(keep):
             logits = self.adapter.logits(ids, model_inputs=input_features)
         return self._explained_logits(logits).float().log_softmax(dim=-1)
 
@@ -313,7 +295,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
         keep = self._check_keep_mask(token_keep_mask, batch)
         expanded = self.adapter.expand_encoder_outputs(encoder_outputs, batch)
         ids = self._decoder_input_ids.to(self.device).expand(batch, -1)
-        with self._zeroed_tokens(keep):
+        with self.adapter.zeroed_token_embeddings(keep):
             logits = self.adapter.logits(ids, encoder_outputs=expanded)
         return self._explained_logits(logits).float().log_softmax(dim=-1)
 

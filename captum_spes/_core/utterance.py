@@ -97,9 +97,9 @@ class Utterance:
             baselines (optional): the occlusion value, see
                 :func:`~captum_spes._utils.baselines.resolve_baseline`.
         """
-        layout = adapter.input_layout if isinstance(adapter, ModelAdapter) else adapter
         if not isinstance(inputs, Tensor):
             raise TypeError(f"inputs must be a Tensor of features, got {type(inputs).__name__}")
+        layout = adapter.input_layout if isinstance(adapter, ModelAdapter) else adapter
         name = type(adapter.model).__name__ if isinstance(adapter, ModelAdapter) else "the model"
         layout.check(inputs, name)
         if inputs.shape[0] != 1:
@@ -114,6 +114,8 @@ class Utterance:
             )
         if not torch.isfinite(inputs).all():
             raise ValueError("inputs holds NaN or inf values; check the feature extraction")
+        if isinstance(adapter, ModelAdapter):
+            layout = adapter.utterance_layout(inputs)
         frames = resolve_num_frames(adapter, inputs, num_frames, num_samples)
         canonical = layout.to_canonical(inputs)
         baseline, info = resolve_baseline(baselines, canonical, frames, adapter)

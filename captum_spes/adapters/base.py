@@ -12,6 +12,8 @@ model family is one adapter class (:func:`~captum_spes.adapters.register_model_a
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -175,6 +177,32 @@ class ModelAdapter:
     def decoder_embedding(self) -> nn.Module:
         """The module whose output is the (unscaled, position-free) token embeddings."""
         return self.model.get_decoder().get_input_embeddings()
+
+    @contextlib.contextmanager
+    def zeroed_token_embeddings(self, keep: Tensor | None) -> Iterator[None]:
+        r"""Within the context, decoder-input token embeddings where ``keep`` is 0 are zeroed
+        before positions are added (the reference's ``no_position_occlusion``).
+
+        Args:
+            keep (Tensor or None): ``(batch, num_decoder_inputs)``, 1 = kept; None keeps all.
+        """
+        if keep is None:
+            yield
+            return
+
+        def hook(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+            return output * keep.to(dtype=output.dtype, device=output.device)[..., None]
+
+        handle = self.decoder_embedding().register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def utterance_layout(self, inputs: Tensor) -> InputLayout:
+        """The layout of one utterance's input; an adapter whose canonical view depends on the
+        utterance (e.g. an STFT of a waveform, with its phase) returns one built for it."""
+        return self.input_layout
 
     def encode(self, model_inputs: Tensor) -> Any:
         """Encoder output of a batch, to reuse across token-only perturbations."""
