@@ -32,6 +32,7 @@ from captum_spes._utils.masks import (
 )
 from captum_spes._version import __version__
 from captum_spes.comparison import ComparisonReport, compare
+from captum_spes.errors import InputError
 from captum_spes.normalizers import normalize_reference, paired_min_max, single_mean_std
 
 __all__ = [
@@ -64,5 +65,6 @@ __all__ = [
     "normalize_reference",
     "compare",
     "ComparisonReport",
+    "InputError",
     "__version__",
 ]

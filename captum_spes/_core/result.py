@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captum_spes._utils.files import refuse_overwrite
+from captum_spes._utils.files import atomic_write, refuse_overwrite
 from captum_spes.normalizers import NORMALIZERS
 
 __all__ = ["SPESResult"]
@@ -226,18 +226,16 @@ class SPESResult:
             "text": self.text,
             "metadata": self.metadata,
         }
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(target.name + ".partial")
-        save_file(
-            tensors,
-            str(temporary),
-            metadata={
-                "format": _FORMAT,
-                "format_version": str(_FORMAT_VERSION),
-                "fields": json.dumps(fields, ensure_ascii=False),
-            },
-        )
-        os.replace(temporary, target)
+        with atomic_write(target) as temporary:
+            save_file(
+                tensors,
+                str(temporary),
+                metadata={
+                    "format": _FORMAT,
+                    "format_version": str(_FORMAT_VERSION),
+                    "fields": json.dumps(fields, ensure_ascii=False),
+                },
+            )
         return target
 
     @classmethod

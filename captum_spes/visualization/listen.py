@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from captum_spes._core.result import SPESResult
-from captum_spes._utils.files import refuse_overwrite
+from captum_spes._utils.files import atomic_write, refuse_overwrite
+from captum_spes.errors import InputError
 
 __all__ = ["mel_to_stft_weights", "salient_audio", "salient_mask", "write_salient_audio"]
 
@@ -166,6 +167,11 @@ def salient_audio(
         audio = audio[0]
     if audio.ndim != 1:
         raise ValueError(f"waveform must be mono (num_samples,), got shape {audio.shape}")
+    if audio.shape[0] < n_fft:
+        raise InputError(
+            f"waveform has {audio.shape[0]} samples, fewer than one STFT window (n_fft={n_fft}, "
+            f"{1000 * n_fft / sampling_rate:g} ms at {sampling_rate} Hz); pass at least {n_fft} samples"
+        )
     if abs(sampling_rate / hop_length - result.frame_rate) > 1e-6:
         raise ValueError(
             f"sampling_rate / hop_length = {sampling_rate / hop_length:g} frames/s does not "
@@ -226,6 +232,6 @@ def write_salient_audio(
 
     target = refuse_overwrite(path, overwrite)
     audio = salient_audio(result, waveform, sampling_rate, **kwargs)  # type: ignore[arg-type]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(target), np.clip(audio, -1.0, 1.0), sampling_rate, subtype="PCM_16", format="WAV")
+    with atomic_write(target) as temporary:
+        sf.write(str(temporary), np.clip(audio, -1.0, 1.0), sampling_rate, subtype="PCM_16", format="WAV")
     return target

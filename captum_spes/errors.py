@@ -1,0 +1,26 @@
+#!/usr/bin/env python3
+r"""The library's one user-error type.
+
+:class:`InputError` means *the caller gave a bad argument, file or model*; its message names
+the argument and the fix. Everything else the library raises is either a standard error about
+the environment (``FileNotFoundError``, ``FileExistsError``, ``PermissionError``, ...) or an
+internal error, which is a bug to report. The command line relies on this split: an
+``InputError`` is printed as one line, an internal error with its traceback.
+
+``InputError`` subclasses :class:`ValueError`, so ``except ValueError`` keeps catching it.
+
+>>> from captum_spes.errors import InputError
+>>> try:
+...     raise InputError("n_masks must be a positive int, got 0; pass e.g. n_masks=500")
+... except ValueError as error:
+...     print(error)
+n_masks must be a positive int, got 0; pass e.g. n_masks=500
+"""
+
+from __future__ import annotations
+
+__all__ = ["InputError"]
+
+
+class InputError(ValueError):
+    """The caller gave a bad argument, file or model; the message names the argument and the fix."""
