@@ -49,7 +49,7 @@ class _TinyProcessor:
         return self.feature_extractor(audio, **kwargs)
 
 
-def _tiny_factory(device: str) -> tuple[Any, Any]:
+def tiny_factory(device: str) -> tuple[Any, Any]:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     config = WhisperConfig(
@@ -81,7 +81,7 @@ def _tiny_factory(device: str) -> tuple[Any, Any]:
 
 @pytest.fixture
 def tiny_model(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(cli.MODEL_FACTORIES, TINY, _tiny_factory)
+    monkeypatch.setitem(cli.MODEL_FACTORIES, TINY, tiny_factory)
     return TINY
 
 
@@ -133,7 +133,7 @@ def tiny_run(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     """One ``explain --listen`` run with the tiny random model, shared by several tests."""
     out = tmp_path_factory.mktemp("cli") / "out"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(cli.MODEL_FACTORIES, TINY, _tiny_factory)
+        patch.setitem(cli.MODEL_FACTORIES, TINY, tiny_factory)
         from contextlib import redirect_stderr, redirect_stdout
         from io import StringIO
 

@@ -40,6 +40,16 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
+    return number
+
+
 def _percent_step(value: str) -> float:
     """argparse type of ``--step``: a percentage in (0, 100] that divides 100."""
     try:
@@ -74,10 +84,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics",
         type=lambda v: _names(v, METRICS, "metric"),
-        default=list(METRICS),
-        help=f"comma-separated metrics (default: {','.join(METRICS)}; plausibility needs --alignment)",
+        default=None,
+        help=f"comma-separated metrics from {','.join(METRICS)} (default: all; plausibility only with --alignment, "
+        "which it needs)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of SPES masks and random maps (default: 0)")
+    parser.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of SPES masks and random maps (default: 0)"
+    )
     parser.add_argument("--out", metavar="DIR", default="comparison", help="output folder (default: ./comparison)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing comparison.{csv,md,png}")
     parser.add_argument("--alignment", metavar="TEXTGRID", default=None, help="word alignment for plausibility")
@@ -117,6 +130,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from captum_spes.comparison.core import compare
     from captum_spes.data import read_textgrid
 
+    metrics = _metrics(args.metrics, args.alignment)
     out = Path(args.out)
     refuse_existing_outputs(out, OUTPUT_FILES, args.overwrite)
     loaded = read_audio(args.audio)
@@ -135,7 +149,7 @@ def run_compare(args: argparse.Namespace) -> int:
         wrapper,
         features,
         methods=args.methods,
-        metrics=args.metrics,
+        metrics=metrics,
         n_masks=args.n_masks,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -148,6 +162,19 @@ def run_compare(args: argparse.Namespace) -> int:
     _write_report(report, out)
     print(f"wrote {', '.join(str(out / name) for name in OUTPUT_FILES)}")
     return 0
+
+
+def _metrics(requested: list[str] | None, alignment: str | None) -> list[str]:
+    """The metrics to compute: ``--metrics``, or all those that ``--alignment`` allows."""
+    from captum_spes.cli import CLIError
+
+    if requested is None:
+        return [m for m in METRICS if m != "plausibility" or alignment is not None]
+    if "plausibility" in requested and alignment is None:
+        raise CLIError("--metrics plausibility needs the word alignment: pass --alignment TEXTGRID")
+    if alignment is not None and "plausibility" not in requested:
+        raise CLIError("--alignment is used by the plausibility metric only: add plausibility to --metrics")
+    return requested
 
 
 def _write_report(report: ComparisonReport, out: Path) -> None:
