@@ -37,6 +37,7 @@ import torch
 
 from captum_spes._core.result import SPESResult
 from captum_spes._utils.files import atomic_write, refuse_overwrite
+from captum_spes.errors import InputError
 
 __all__ = ["write_html_report", "salient_span"]
 
@@ -122,7 +123,7 @@ def _wav_data_uri(waveform: ArrayLike, sampling_rate: int) -> str:
     if audio.ndim == 2 and audio.shape[0] == 1:
         audio = audio[0]
     if audio.ndim != 1:
-        raise ValueError(f"waveform must be mono (num_samples,), got shape {audio.shape}")
+        raise InputError(f"waveform must be mono (num_samples,), got shape {audio.shape}")
     buffer = io.BytesIO()
     # 16-bit PCM: half the size of float WAV and every browser plays it.
     sf.write(buffer, np.clip(audio, -1.0, 1.0), int(sampling_rate), format="WAV", subtype="PCM_16")
@@ -136,7 +137,7 @@ def _background(features: ArrayLike | None, n_mels: int, n_frames: int) -> str |
     if values.ndim == 3 and values.shape[0] == 1:
         values = values[0]
     if values.ndim != 2 or values.shape[0] != n_mels or values.shape[1] < n_frames:
-        raise ValueError(
+        raise InputError(
             f"features must be the log-mel input, (1, {n_mels}, T) or ({n_mels}, T) with "
             f"T >= {n_frames}; got shape {tuple(values.shape)}"
         )
