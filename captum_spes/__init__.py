@@ -23,6 +23,7 @@ from captum_spes.adapters import (
     register_model_adapter,
 )
 from captum_spes.comparison import ComparisonReport, compare
+from captum_spes.errors import InputError
 from captum_spes.impact import (
     IMPACT_MEASURES,
     kl_divergence,
@@ -78,5 +79,6 @@ __all__ = [
     "normalize_reference",
     "compare",
     "ComparisonReport",
+    "InputError",
     "__version__",
 ]

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from captum_spes.errors import InputError, InputTypeError
+
 __all__ = [
     "ImpactMeasure",
     "kl_divergence",
@@ -80,9 +82,9 @@ IMPACT_MEASURES: dict[str, ImpactMeasure] = {
 def register_impact_measure(name: str, measure: ImpactMeasure) -> None:
     """Make ``impact=name`` use ``measure(clean_log_probs, perturbed_log_probs, target_ids)``."""
     if not isinstance(name, str) or not name:
-        raise ValueError("name must be a non-empty string")
+        raise InputError("name must be a non-empty string")
     if not callable(measure):
-        raise TypeError("measure must be callable")
+        raise InputTypeError("measure must be callable")
     IMPACT_MEASURES[name] = measure
 
 
@@ -92,7 +94,7 @@ def resolve_impact_measure(impact: str | ImpactMeasure) -> ImpactMeasure:
         return impact
     if isinstance(impact, str) and impact in IMPACT_MEASURES:
         return IMPACT_MEASURES[impact]
-    raise ValueError(
+    raise InputError(
         f"impact={impact!r} is not a registered impact measure; choose one of "
         f"{sorted(IMPACT_MEASURES)} or pass a callable "
         "(clean_log_probs, perturbed_log_probs, target_ids) -> (batch, num_targets)"

@@ -92,6 +92,36 @@ OVERLAY_SUM = """() => {
 }"""
 
 
+def _ink_fraction(png: bytes) -> float:
+    """Mean darkness of a screenshot, 0 (white) to 1 (black): the icons are #222 on white."""
+    import io
+
+    from PIL import Image
+
+    grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+    return float(np.mean(1.0 - grey / 255.0))
+
+
+def _assert_icons_render(page) -> None:
+    """Every play/listen button draws its SVG icon: no font glyph needed, a visible shape, a label."""
+    for selector in ("button.play-word", "button.listen-word"):
+        buttons = page.locator(selector)
+        assert buttons.count() > 0, selector
+        button = buttons.first
+        # No text: an icon made of a character needs a font with that glyph (an emoji font
+        # for the speaker), which Debian's chromium lacks, and then shows an empty box.
+        assert button.inner_text().strip() == "", selector
+        assert button.get_attribute("aria-label"), selector
+        icon = button.locator("svg.icon")
+        box = icon.bounding_box()
+        assert box is not None and box["width"] >= 8 and box["height"] >= 8, (selector, box)
+        # A drawn shape, neither blank nor a filled square: the play triangle covers 20 % of
+        # its 16 x 16 view box, the speaker and its waves about 27 % (Debian's chromium 0.15
+        # and 0.23 mean darkness, antialiased).
+        ink = _ink_fraction(icon.screenshot())
+        assert 0.08 < ink < 0.5, (selector, ink)
+
+
 def test_report_in_chromium(browser, tmp_path) -> None:
     waveform = (0.3 * np.sin(2 * np.pi * 440 * np.arange(24000) / 16000)).astype(np.float32)
     path = write_html_report(
@@ -144,6 +174,8 @@ def test_report_in_chromium(browser, tmp_path) -> None:
     clip = page.locator(".listen-audio[data-word-index='0']")
     assert clip.get_attribute("data-playing") == "1"
     assert clip.get_attribute("src").startswith("data:audio/wav;base64,")
+
+    _assert_icons_render(page)
 
     page.locator("#show-utterance").click()
     assert overlay.get_attribute("data-active") == "utterance"

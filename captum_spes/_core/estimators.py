@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from captum_spes.errors import InputError, InputTypeError
+
 __all__ = [
     "Estimate",
     "Estimator",
@@ -218,7 +220,7 @@ class ReferenceEstimator(Estimator):
 
     def merge(self, other: Estimator) -> None:
         if not isinstance(other, ReferenceEstimator) or other.segments_per_level != self.segments_per_level:
-            raise ValueError("can only merge an estimator of the same kind bound to the same levels")
+            raise InputError("can only merge an estimator of the same kind bound to the same levels")
         for mine, theirs in zip(self._sums(), other._sums()):
             for a, b in zip(mine, theirs):
                 a += b
@@ -256,7 +258,7 @@ class ReferenceEstimator(Estimator):
     def finalize(self, labels: Sequence[Tensor]) -> Estimate:
         self._check_bound()
         if len(labels) != len(self.segments_per_level):
-            raise ValueError(f"expected {len(self.segments_per_level)} label maps (one per level), got {len(labels)}")
+            raise InputError(f"expected {len(self.segments_per_level)} label maps (one per level), got {len(labels)}")
         units, unit_segments = units_of([lv.to(self.device) for lv in labels])
         st = self.unit_statistics(unit_segments)
         mean_occ, var_occ = mean_and_variance(st["sum_occ"], st["sq_occ"], st["n_occ"])
@@ -308,9 +310,9 @@ ESTIMATORS: dict[str, Callable[[], Estimator]] = {
 def register_estimator(name: str, factory: Callable[[], Estimator]) -> None:
     """Make ``estimator=name`` use ``factory()`` (an :class:`Estimator` with its settings)."""
     if not isinstance(name, str) or not name:
-        raise ValueError("name must be a non-empty string")
+        raise InputError("name must be a non-empty string")
     if not callable(factory):
-        raise TypeError("factory must be callable and return an Estimator")
+        raise InputTypeError("factory must be callable and return an Estimator")
     ESTIMATORS[name] = factory
 
 
@@ -320,7 +322,7 @@ def resolve_estimator(estimator: str | Estimator) -> Estimator:
         return estimator
     if isinstance(estimator, str) and estimator in ESTIMATORS:
         return ESTIMATORS[estimator]()
-    raise ValueError(
+    raise InputError(
         f"estimator={estimator!r} is not a registered estimator; choose one of {sorted(ESTIMATORS)} "
         "or pass an Estimator instance"
     )

@@ -3,6 +3,7 @@ r"""SPES: Spectrogram Perturbation for Explainable Speech-to-text Generation."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from captum_spes._core.utterance import Utterance
 from captum_spes._utils.adaptive import AdaptiveMasks, run_adaptive
 from captum_spes._utils.baselines import BaselineSpec
 from captum_spes._utils.sampling import MaskBatch, MaskSampler
+from captum_spes.errors import InputError, InputTypeError
 from captum_spes.impact import ImpactMeasure
 from captum_spes.masks import MaskFamily, MaskLevel
 
@@ -80,7 +82,7 @@ class SPES(PerturbationAttribution):
 
     def __init__(self, forward_func: SpeechSeq2SeqWrapper) -> None:
         if not isinstance(forward_func, SpeechSeq2SeqWrapper):
-            raise TypeError(
+            raise InputTypeError(
                 "SPES needs a SpeechSeq2SeqWrapper as forward_func (it owns the hypothesis and "
                 f"the token masks); got {type(forward_func).__name__}. Wrap the model: "
                 "SPES(SpeechSeq2SeqWrapper(model, processor))"
@@ -207,12 +209,12 @@ class SPES(PerturbationAttribution):
         """
         started = time.perf_counter()
         if additional_forward_args is not None:
-            raise ValueError(
+            raise InputError(
                 "additional_forward_args is not supported by SPES: the wrapper's only extra "
                 "argument is the token keep-mask, which SPES draws itself"
             )
         if utterance_id is not None and not isinstance(utterance_id, str):
-            raise TypeError(f"utterance_id must be a str, got {type(utterance_id).__name__}")
+            raise InputTypeError(f"utterance_id must be a str, got {type(utterance_id).__name__}")
         config = SPESConfig.from_arguments(
             n_masks=n_masks,
             p=p,
@@ -259,7 +261,7 @@ class SPES(PerturbationAttribution):
     ) -> Utterance:
         if isinstance(inputs, tuple):
             if len(inputs) != 1:
-                raise ValueError(f"SPES takes one input tensor (the acoustic features), got a tuple of {len(inputs)}")
+                raise InputError(f"SPES takes one input tensor (the acoustic features), got a tuple of {len(inputs)}")
             inputs = inputs[0]
         adapter = self.wrapper.adapter
         adapter.check_eval_mode()
@@ -279,7 +281,7 @@ class SPES(PerturbationAttribution):
             or isinstance(target, (int, tuple))
             or (isinstance(target, Tensor) and target.dim() == 0)
         ):
-            raise ValueError(
+            raise InputError(
                 f"target={target!r} looks like a Captum output index, which SPES does not take: SPES "
                 "explains every position of the hypothesis in one run. To explain a hypothesis given "
                 "as token ids, pass them as a list (target=[2, 1]); to read the explanation of "
@@ -288,7 +290,7 @@ class SPES(PerturbationAttribution):
         if isinstance(target, Hypothesis):
             given = [n for n, v in (("prompt_ids", prompt_ids), ("generate_kwargs", generate_kwargs)) if v]
             if given:
-                raise ValueError(
+                raise InputError(
                     f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} ignored when target is a "
                     "Hypothesis (it already fixes the prompt and the tokens); remove them, or pass the "
                     "target as text or ids"
@@ -446,7 +448,20 @@ class SPES(PerturbationAttribution):
 
 def _checked_scores(scores: Tensor, batch: int) -> Tensor:
     if scores.dim() != 2 or scores.shape[0] != batch:
-        raise ValueError(f"the impact measure must return (batch, num_tokens) scores, got {tuple(scores.shape)}")
+        raise InputError(f"the impact measure must return (batch, num_tokens) scores, got {tuple(scores.shape)}")
     if not torch.isfinite(scores).all():
         raise FloatingPointError("the impact measure returned NaN or inf; compute it from log-probabilities in float32")
     return scores
+
+
+def _refuse_noise_tunnel(self: SPES, *args: Any, **kwargs: Any) -> None:
+    raise InputError(
+        "SPES does not work inside Captum's NoiseTunnel: NoiseTunnel averages one input-shaped map over a "
+        "batch of noisy copies, while SPES explains one utterance per call with one map per token. "
+        "Average SPES(...).attribute(...) over noisy copies of the features yourself"
+    )
+
+
+# Captum's NoiseTunnel calls ``attribute.__wrapped__`` (the function under ``@log_usage``);
+# normal calls go through log_usage's own reference to the real method and are unaffected.
+SPES.attribute.__wrapped__ = functools.wraps(SPES.attribute.__wrapped__)(_refuse_noise_tunnel)  # type: ignore[attr-defined]

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captum_spes.errors import InputError
+
 __all__ = ["split_masks_across_levels", "MaskBatch", "MaskSampler"]
 
 _SPECTROGRAM_STREAM = 0
@@ -30,9 +32,9 @@ def split_masks_across_levels(n_masks: int, num_levels: int) -> list[int]:
     (20000 masks over 3 levels became 19 998), exactly ``n_masks`` masks are used.
     """
     if num_levels < 1:
-        raise ValueError("there must be at least one mask level")
+        raise InputError("there must be at least one mask level")
     if n_masks < num_levels:
-        raise ValueError(
+        raise InputError(
             f"n_masks={n_masks} is smaller than the number of mask levels ({num_levels}); "
             "every level needs at least one mask: raise n_masks or use fewer levels"
         )

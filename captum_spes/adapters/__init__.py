@@ -18,6 +18,7 @@ from captum_spes.adapters.layout import LAYOUTS, InputLayout
 from captum_spes.adapters.speech2text import Speech2TextAdapter
 from captum_spes.adapters.speech_encoder_decoder import SpeechEncoderDecoderAdapter
 from captum_spes.adapters.whisper import WhisperAdapter
+from captum_spes.errors import InputTypeError
 
 __all__ = [
     "InputLayout",
@@ -64,7 +65,7 @@ def get_model_adapter(model: nn.Module) -> ModelAdapter:
         if isinstance(model, model_class):
             return factory(model)
     supported = ", ".join(cls.__name__ for cls, _ in MODEL_ADAPTERS)
-    raise TypeError(
+    raise InputTypeError(
         f"unsupported model {type(model).__name__}: SPES explains autoregressive speech "
         f"encoder-decoders ({supported}); register others with "
         "captum_spes.register_model_adapter(ModelClass, AdapterFactory)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from captum_spes.adapters.base import ModelAdapter
+from captum_spes.errors import InputError
 
 __all__ = ["SpeechEncoderDecoderAdapter"]
 
@@ -30,6 +31,6 @@ class SpeechEncoderDecoderAdapter(ModelAdapter):
             rate = getattr(getattr(model.config, "encoder", None), "sampling_rate", None)
             self.frame_rate = float(rate) if rate else 16000.0
         else:
-            raise ValueError(
+            raise InputError(
                 f"unsupported model: its encoder takes {encoder_input!r}; SPES needs input_features or input_values"
             )

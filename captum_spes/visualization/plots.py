@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from captum_spes._core.result import SPESResult
+from captum_spes.errors import InputError, InputTypeError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
@@ -106,7 +107,7 @@ def mel_frequencies(
         *ndarray* ``(n_mels,)`` of increasing frequencies in Hz.
     """
     if n_mels < 1:
-        raise ValueError(f"n_mels must be a positive integer, got {n_mels}")
+        raise InputError(f"n_mels must be a positive integer, got {n_mels}")
     top = sampling_rate / 2.0 if fmax is None else float(fmax)
     points = np.linspace(hz_to_mel(fmin), hz_to_mel(top), n_mels + 2)
     return mel_to_hz(points[1:-1])
@@ -126,8 +127,8 @@ def _index_from(labels: Sequence[str], key: int | str, what: str, argument: str)
         stripped = [label.strip() for label in labels]
         if key.strip() in stripped:
             return stripped.index(key.strip())
-        raise ValueError(f"{argument}={key!r} matches no {what}; pass an index or one of {list(labels)}")
-    raise TypeError(f"{argument} must be an int index or a {what} string, got {type(key).__name__}")
+        raise InputError(f"{argument}={key!r} matches no {what}; pass an index or one of {list(labels)}")
+    raise InputTypeError(f"{argument} must be an int index or a {what} string, got {type(key).__name__}")
 
 
 def token_index(result: SPESResult, token: int | str) -> int:
@@ -162,7 +163,7 @@ def as_captum_image(saliency: ArrayLike, low_frequencies_at_bottom: bool = True)
     """
     values = _to_numpy(saliency)
     if values.ndim != 2:
-        raise ValueError(f"saliency must be (n_mels, n_frames), got shape {values.shape}")
+        raise InputError(f"saliency must be (n_mels, n_frames), got shape {values.shape}")
     if low_frequencies_at_bottom:
         values = values[::-1]
     return np.ascontiguousarray(values[..., None], dtype=np.float32)
@@ -190,15 +191,15 @@ def _log_mel(features: ArrayLike, n_mels: int, n_frames: int) -> np.ndarray:
     values = _to_numpy(features)
     if values.ndim == 3:
         if values.shape[0] != 1:
-            raise ValueError(f"features must hold one utterance, (1, n_mels, frames); got shape {values.shape}")
+            raise InputError(f"features must hold one utterance, (1, n_mels, frames); got shape {values.shape}")
         values = values[0]
     if values.ndim != 2 or values.shape[0] != n_mels:
-        raise ValueError(
+        raise InputError(
             f"features must be (1, {n_mels}, frames) or ({n_mels}, frames) log-mel input "
             f"features, got shape {values.shape}"
         )
     if values.shape[1] < n_frames:
-        raise ValueError(
+        raise InputError(
             f"features have {values.shape[1]} frames but the maps cover {n_frames}; pass the "
             "features the explanation was computed on"
         )
@@ -383,7 +384,7 @@ def plot_utterance_map(
     options = dict(sampling_rate=16000, cmap="inferno", alpha=0.55, show_colorbar=True, fig_size=(9, 4))
     unknown = set(kwargs) - set(options)
     if unknown:
-        raise TypeError(f"plot_utterance_map got unexpected keyword arguments {sorted(unknown)}")
+        raise InputTypeError(f"plot_utterance_map got unexpected keyword arguments {sorted(unknown)}")
     options.update(kwargs)
     saliency = _to_numpy(result.utterance_map(normalize))
     return _plot_map(
@@ -428,7 +429,7 @@ def plot_token_map(
         array.
     """
     if result.token_attr is None:
-        raise ValueError(
+        raise InputError(
             "result.token_attr is None: the explanation was computed without token masks; "
             "rerun SPES.attribute with token masks enabled to plot the token map"
         )
@@ -503,7 +504,7 @@ def plot_time_profile(
 
     source = result.normalize(normalize) if normalize else result
     if reduce not in ("mean", "max", "sum"):
-        raise ValueError(f"reduce must be 'mean', 'max' or 'sum', got {reduce!r}")
+        raise InputError(f"reduce must be 'mean', 'max' or 'sum', got {reduce!r}")
     if token is None:
         utterance = _to_numpy(source.spectrogram_attr.mean(dim=0))
         profile = getattr(np, reduce)(utterance, axis=0)

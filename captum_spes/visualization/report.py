@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from captum_spes._core.result import SPESResult
-from captum_spes._utils.files import refuse_overwrite
+from captum_spes._utils.files import atomic_write, refuse_overwrite
+from captum_spes.errors import InputError
 
 __all__ = ["write_html_report", "salient_span"]
 
@@ -122,7 +123,7 @@ def _wav_data_uri(waveform: ArrayLike, sampling_rate: int) -> str:
     if audio.ndim == 2 and audio.shape[0] == 1:
         audio = audio[0]
     if audio.ndim != 1:
-        raise ValueError(f"waveform must be mono (num_samples,), got shape {audio.shape}")
+        raise InputError(f"waveform must be mono (num_samples,), got shape {audio.shape}")
     buffer = io.BytesIO()
     # 16-bit PCM: half the size of float WAV and every browser plays it.
     sf.write(buffer, np.clip(audio, -1.0, 1.0), int(sampling_rate), format="WAV", subtype="PCM_16")
@@ -136,7 +137,7 @@ def _background(features: ArrayLike | None, n_mels: int, n_frames: int) -> str |
     if values.ndim == 3 and values.shape[0] == 1:
         values = values[0]
     if values.ndim != 2 or values.shape[0] != n_mels or values.shape[1] < n_frames:
-        raise ValueError(
+        raise InputError(
             f"features must be the log-mel input, (1, {n_mels}, T) or ({n_mels}, T) with "
             f"T >= {n_frames}; got shape {tuple(values.shape)}"
         )
@@ -290,10 +291,8 @@ def write_html_report(
     if waveform is not None and listen_top_percent is not None:
         listen = _listen_clips(result, waveform, sampling_rate, spans, listen_top_percent)
     page = _render(source, merged, spans, payload_json, waveform, sampling_rate, top_percent, title, listen)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".partial")
-    temporary.write_text(page, encoding="utf-8")
-    os.replace(temporary, target)
+    with atomic_write(target) as temporary:
+        temporary.write_text(page, encoding="utf-8")
     return target
 
 
@@ -375,10 +374,10 @@ def _render(
             f"<span class='wordbox'><span class='word{special}' data-word-index='{i}' "
             f"title='tokens {merged.metadata['word_groups'][i]}'>{esc(_piece(text))}</span>"
             f"<button class='play-word' data-word-index='{i}' data-start='{spans[i][0]:g}' "
-            f"data-end='{spans[i][1]:g}' title='play the salient region {spans[i][0]:g}-{spans[i][1]:g} s'>&#9654;</button>"
+            f"data-end='{spans[i][1]:g}' {_labelled(f'play the salient region {spans[i][0]:g}-{spans[i][1]:g} s')}>"
+            f"{_PLAY_ICON}</button>"
             + (
-                f"<button class='listen-word' data-word-index='{i}' title='listen to the explanation: only the "
-                f"top salient time-frequency bins, resynthesised'>&#128266;</button>"
+                f"<button class='listen-word' data-word-index='{i}' {_labelled(_LISTEN_LABEL)}>{_LISTEN_ICON}</button>"
                 f"<audio class='listen-audio' data-word-index='{i}' preload='none' src='{listen[i]}'></audio>"
                 if listen is not None and i < len(listen)
                 else ""
@@ -417,6 +416,25 @@ def _render(
     )
 
 
+# Inline SVG icons rather than the characters U+25B6 and U+1F50A: those need a font with the
+# glyph (an emoji font for the speaker), which e.g. Debian's chromium lacks by default and then
+# draws an empty box. currentColor follows the button's text colour.
+_SVG_OPEN = "<svg class='icon' viewBox='0 0 16 16' width='14' height='14' aria-hidden='true' focusable='false'>"
+_PLAY_ICON = _SVG_OPEN + "<path d='M4 2.5v11l9.5-5.5z' fill='currentColor'/></svg>"
+_LISTEN_ICON = (
+    _SVG_OPEN + "<path d='M1.5 5.5h3l4-3.5v12l-4-3.5h-3z' fill='currentColor'/>"
+    "<path d='M10.8 5.4a3.6 3.6 0 0 1 0 5.2M12.8 3.4a6.4 6.4 0 0 1 0 9.2' fill='none' stroke='currentColor' "
+    "stroke-width='1.5' stroke-linecap='round'/></svg>"
+)
+_LISTEN_LABEL = "listen to the explanation: only the top salient time-frequency bins, resynthesised"
+
+
+def _labelled(label: str) -> str:
+    """``aria-label`` (for screen readers: the button has no text) and ``title`` (tooltip)."""
+    escaped = html.escape(label, quote=True)
+    return f"aria-label='{escaped}' title='{escaped}'"
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.2em auto;max-width:1200px;color:#222;padding:0 1em}
 h1{font-size:1.3em}h2{font-size:1.05em;margin-top:1.4em}
@@ -426,7 +444,9 @@ h1{font-size:1.3em}h2{font-size:1.05em;margin-top:1.4em}
 .word,.token{cursor:pointer;padding:.15em .3em;border-radius:4px;background:#eef}
 .word.special,.token.special{background:#eee;color:#777}
 .word.active,.token.active{background:#d44842;color:#fff}
-.play-word,.listen-word{font-size:.7em;margin-left:.1em;cursor:pointer;border:1px solid #bbb;border-radius:3px;background:#fff}
+.play-word,.listen-word{margin-left:.1em;padding:1px 3px;line-height:0;vertical-align:middle;cursor:pointer;border:1px solid #bbb;border-radius:3px;background:#fff;color:#222}
+.icon{display:inline-block;vertical-align:middle}
+.note .icon{width:1em;height:1em;vertical-align:-.15em}
 #tokens .token{font-size:.85em;margin-right:.2em}
 #plot{display:flex;gap:.4em}
 #faxis{position:relative;width:3.2em;font-size:.72em;color:#555}
@@ -587,8 +607,11 @@ _TEMPLATE = (
     "<h1>SPES explanation: {title}</h1>"
     "{audio}"
     "<h2>Transcript</h2><div id='transcript'>{words}</div>"
-    "<p class='note'>Click a word to show its saliency (subword tokens merged by max); &#9654; plays its "
-    "salient region (the frames around its saliency peak in its top {top_percent}%); &#128266; plays the "
+    "<p class='note'>Click a word to show its saliency (subword tokens merged by max); "
+    + _PLAY_ICON
+    + " plays its salient region (the frames around its saliency peak in its top {top_percent}%); "
+    + _LISTEN_ICON
+    + " plays the "
     "listenable explanation: the audio resynthesised from only the word's most salient time-frequency "
     "bins (original phase).</p>"
     "<div id='tokens'>Tokens: {tokens}</div>"
