@@ -375,6 +375,8 @@ def _explain_waveform(
         show_progress=True,
         n_masks=rule if rule is not None else n_masks,
         seed=seed,
+        num_samples=int(waveform.shape[0]),  # the exact speech frames (padding detection is a fallback)
+        utterance_id=source,
     )
     seconds = time.perf_counter() - started
     print(f"Attribution took {seconds:.1f} s.", flush=True)

@@ -200,11 +200,16 @@ class SPESResult:
         return (self.unit_occluded > 0)[self.units]
 
     # ----- uncertainty --------------------------------------------------------------
-    def _require_uncertainty(self) -> None:
-        if self.units is None or self.spectrogram_se is None or self.spectrogram_z is None:
+    def _require_uncertainty(self, standard_error: bool = False) -> None:
+        if self.units is None or self.spectrogram_z is None:
             raise InputError(
                 "this result holds no uncertainty (made before captum-spes 0.2 or by another method); "
                 "recompute it with SPES.attribute"
+            )
+        if standard_error and self.spectrogram_se is None:
+            raise InputError(
+                "this result's standard errors were dropped by normalize() or to_words() (they are in the raw "
+                "map's units); read them from the result SPES.attribute returned"
             )
 
     @property
@@ -217,7 +222,7 @@ class SPESResult:
     @property
     def standard_error(self) -> Tensor:
         """Standard error of every element's attribution, ``(num_tokens, n_mels, n_frames)``."""
-        self._require_uncertainty()
+        self._require_uncertainty(standard_error=True)
         assert self.spectrogram_se is not None and self.units is not None
         return self.spectrogram_se[:, self.units]
 

@@ -146,6 +146,7 @@ def run_compare(args: argparse.Namespace) -> int:
     report = compare(
         wrapper,
         features,
+        num_frames=wrapper.adapter.frames_for_samples(int(loaded.waveform.shape[0])),
         methods=args.methods,
         metrics=metrics,
         n_masks=args.n_masks,

@@ -11,6 +11,12 @@ the mel axis labelled in Hz at the centre frequency of each mel filter. Whisper'
 uses the *Slaney* mel scale (linear below 1 kHz, logarithmic above; librosa's default, also
 ``transformers.audio_utils.mel_filter_bank(..., mel_scale="slaney")``); the centres are
 computed here with that formula (:func:`mel_frequencies`).
+
+Maps are drawn with their noise: when a result carries its statistics (every
+:class:`~captum_spes.SPESResult` made by SPES does), elements that are not significant at
+``significance`` (Benjamini-Hochberg false discovery rate per token by default, see
+:meth:`SPESResult.significance`) are muted to a faint wash, significant regions are outlined,
+and the legend says so. ``significance=None`` draws the raw map alone.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ __all__ = [
     "plot_utterance_map",
     "plot_token_map",
     "plot_time_profile",
+    "significance_mask",
+    "MUTED_OPACITY",
 ]
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -221,6 +229,29 @@ def _mel_axis_ticks(ax: Axes, n_mels: int, sampling_rate: int) -> None:
     ax.set_ylabel("Frequency (Hz)")
 
 
+#: opacity of the elements that are not significant, relative to the significant ones
+MUTED_OPACITY = 0.15
+
+
+def significance_mask(
+    result: SPESResult, row: int | None, significance: float | None, correction: str | None
+) -> tuple[np.ndarray | None, str | None]:
+    """``(n_mels, n_frames)`` bool mask of significant elements of one row (or, for
+    ``row=None``, of any row: the utterance map), and the legend text; ``(None, None)`` when
+    ``significance`` is None or the result has no statistics."""
+    if significance is None or result.spectrogram_z is None or result.units is None:
+        return None, None
+    every = result.significance(alpha=significance, correction=correction)
+    mask = every.any(dim=0) if row is None else every[row]
+    method = {"fdr_bh": "BH false discovery rate", "holm": "Holm", "bonferroni": "Bonferroni", None: "uncorrected"}
+    scope = "in any token" if row is None else ""
+    legend = (
+        f"bright: significant {scope} at {significance:g} ({method.get(correction, correction)}, "
+        f"{result.num_units} units); faint: within Monte-Carlo noise"
+    ).replace("  ", " ")
+    return _to_numpy(mask).astype(bool), legend
+
+
 def _plot_map(
     saliency: np.ndarray,
     frame_rate: float,
@@ -234,7 +265,11 @@ def _plot_map(
     fig_size: tuple[float, float],
     plt_fig_axis: FigAxis | None,
     show: bool,
+    significant: np.ndarray | None = None,
+    legend: str | None = None,
 ) -> FigAxis:
+    from matplotlib import colors
+
     fig, ax = _figure_axis(plt_fig_axis, fig_size)
     n_mels, n_frames = saliency.shape
     # Frame t covers [t, t + 1) / frame_rate s; bin k is centred on k.
@@ -244,9 +279,42 @@ def _plot_map(
         background = _log_mel(features, n_mels, n_frames)
         ax.imshow(background, origin="lower", aspect="auto", cmap="gray", extent=extent, interpolation="nearest")
         overlay_alpha = alpha
+    opacity: float | np.ndarray = overlay_alpha
+    if significant is not None:
+        opacity = np.where(significant, overlay_alpha, overlay_alpha * MUTED_OPACITY)
+    norm = colors.Normalize(vmin=float(np.min(saliency)), vmax=float(np.max(saliency)))
     image = ax.imshow(
-        saliency, origin="lower", aspect="auto", cmap=cmap, extent=extent, alpha=overlay_alpha, interpolation="nearest"
+        saliency,
+        origin="lower",
+        aspect="auto",
+        cmap=cmap,
+        norm=norm,
+        extent=extent,
+        alpha=opacity,
+        interpolation="nearest",
     )
+    if significant is not None:
+        if significant.any() and not significant.all():
+            ax.contour(
+                significant.astype(float),
+                levels=[0.5],
+                colors="cyan",
+                linewidths=0.8,
+                origin="lower",
+                extent=(0.5 / frame_rate, (n_frames - 0.5) / frame_rate, 0.0, n_mels - 1.0),
+            )
+        note = legend if significant.any() else f"{legend} (nothing significant)"
+        ax.text(
+            0.01,
+            0.99,
+            note,
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize=7,
+            color="white",
+            bbox={"facecolor": "black", "alpha": 0.55, "pad": 2, "edgecolor": "none"},
+        )
     ax.set_xlabel("Time (s)")
     _mel_axis_ticks(ax, n_mels, sampling_rate)
     if title:
@@ -272,6 +340,8 @@ def plot_token_saliency(
     fig_size: tuple[float, float] = (9, 4),
     plt_fig_axis: FigAxis | None = None,
     show: bool = False,
+    significance: float | None = 0.05,
+    correction: str | None = "fdr_bh",
 ) -> FigAxis:
     r"""Spectrogram saliency of one explained token.
 
@@ -294,6 +364,11 @@ def plot_token_saliency(
         fig_size (tuple, optional): used when a new figure is created. Default: (9, 4)
         plt_fig_axis (tuple, optional): ``(fig, ax)`` to draw into. Default: None
         show (bool, optional): call ``pyplot.show()``. Default: False
+        significance (float or None, optional): level below which elements count as
+            significant; the others are muted and the legend says so. None draws the map
+            without its statistics. Default: 0.05
+        correction (str or None, optional): multiple-comparison correction,
+            see :meth:`SPESResult.significance`. Default: "fdr_bh"
 
     Returns:
         ``(fig, ax)``.
@@ -301,6 +376,7 @@ def plot_token_saliency(
     source = result.normalize(normalize) if normalize else result
     index = token_index(source, token)
     saliency = _to_numpy(source.spectrogram_attr[index])
+    significant, legend = significance_mask(source, index, significance, correction)
     return _plot_map(
         saliency,
         source.frame_rate,
@@ -313,6 +389,8 @@ def plot_token_saliency(
         fig_size=fig_size,
         plt_fig_axis=plt_fig_axis,
         show=show,
+        significant=significant,
+        legend=legend,
     )
 
 
@@ -376,17 +454,22 @@ def plot_utterance_map(
         title (str, optional): default shows the transcript.
         plt_fig_axis (tuple, optional): ``(fig, ax)``. Default: None
         show (bool, optional): Default: False
-        **kwargs: ``sampling_rate``, ``cmap``, ``alpha``, ``show_colorbar``, ``fig_size``.
+        **kwargs: ``sampling_rate``, ``cmap``, ``alpha``, ``show_colorbar``, ``fig_size``,
+            ``significance`` and ``correction`` (as for :func:`plot_token_saliency`; an element
+            is bright when it is significant for any token).
 
     Returns:
         ``(fig, ax)``.
     """
     options = dict(sampling_rate=16000, cmap="inferno", alpha=0.55, show_colorbar=True, fig_size=(9, 4))
+    significance = kwargs.pop("significance", 0.05)
+    correction = kwargs.pop("correction", "fdr_bh")
     unknown = set(kwargs) - set(options)
     if unknown:
         raise InputTypeError(f"plot_utterance_map got unexpected keyword arguments {sorted(unknown)}")
     options.update(kwargs)
     saliency = _to_numpy(result.utterance_map(normalize))
+    significant, legend = significance_mask(result, None, significance, correction)
     return _plot_map(
         saliency,
         result.frame_rate,
@@ -394,6 +477,8 @@ def plot_utterance_map(
         title=title if title is not None else f"Utterance map: {result.text.strip()!r}",
         plt_fig_axis=plt_fig_axis,
         show=show,
+        significant=significant,
+        legend=legend,
         **options,  # type: ignore[arg-type]
     )
 
