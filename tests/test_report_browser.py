@@ -188,3 +188,39 @@ def test_report_in_chromium(browser, tmp_path) -> None:
     if screenshot:
         page.screenshot(path=screenshot, full_page=True)
     page.close()
+
+
+def test_report_mutes_what_is_not_significant(browser, tmp_path) -> None:
+    # Two units per token: its salient block (significant for that token only) and the rest.
+    result = make_result()
+    k = result.num_tokens
+    units = torch.zeros(80, 150, dtype=torch.long)
+    units[10:22, 0:30] = 1  # token 0's block
+    result.units = units
+    result.unit_occluded = torch.tensor([10.0, 10.0], dtype=torch.float64)
+    z = torch.zeros(k, 2)
+    z[0, 1] = 9.0
+    result.spectrogram_z, result.spectrogram_se = z, torch.ones(k, 2)
+    path = write_html_report(result, tmp_path / "significant.html", features=torch.randn(1, 80, 3000))
+    plain = write_html_report(result, tmp_path / "plain.html", features=torch.randn(1, 80, 3000), significance=None)
+    page = browser.new_page()
+    page.goto(path.as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+    assert "Bright: significant at 0.05" in page.locator("#significance").inner_text()
+    page.locator(".token[data-token-index='0']").click()
+    overlay = page.locator("#overlay")
+    assert overlay.get_attribute("data-significant") == str(12 * 30)
+    muted = page.evaluate(OVERLAY_SUM)
+    page.locator(".token[data-token-index='1']").click()
+    assert overlay.get_attribute("data-significant") == "0"
+    other = page.evaluate(OVERLAY_SUM)
+    page.goto(plain.as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+    assert page.locator("#significance").inner_text() == ""
+    page.locator(".token[data-token-index='0']").click()
+    assert overlay.get_attribute("data-significant") == ""
+    full = page.evaluate(OVERLAY_SUM)
+    # Muting lowers the overlay's opacity outside the significant block; nothing is muted
+    # without statistics.
+    assert muted < full and other < muted
+    page.close()

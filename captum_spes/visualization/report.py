@@ -77,6 +77,11 @@ def _quantise(values: np.ndarray) -> tuple[str, float, float]:
     return base64.b64encode(levels.tobytes()).decode("ascii"), low, high
 
 
+def _pack(mask: np.ndarray) -> str:
+    """A bool map as base64 bits (row-major, most significant bit first)."""
+    return base64.b64encode(np.packbits(mask.astype(bool).reshape(-1)).tobytes()).decode("ascii")
+
+
 def salient_span(
     profile: ArrayLike, frame_rate: float, top_percent: float = 10.0, pad_s: float = 0.05, min_s: float = 0.2
 ) -> tuple[float, float]:
@@ -217,6 +222,8 @@ def write_html_report(
     top_percent: float = 10.0,
     title: str | None = None,
     listen_top_percent: float | None = 10.0,
+    significance: float | None = 0.05,
+    correction: str | None = "fdr_bh",
 ) -> Path:
     r"""Write an interactive, self-contained HTML report of ``result``.
 
@@ -241,6 +248,11 @@ def write_html_report(
             ``listen_top_percent`` % salient time-frequency bins (:func:`salient_audio`),
             cut to the word's salient region +- 0.25 s and played by its "listen" button.
             None leaves it out. Default: 10.0
+        significance (float or None, optional): elements that are not significant at this
+            level (:meth:`SPESResult.significance`) are drawn faint, and the page says so.
+            None, or a result without statistics, draws every element alike. Default: 0.05
+        correction (str or None, optional): the multiple-comparison correction. Default:
+            "fdr_bh"
 
     Returns:
         *Path* of the written file.
@@ -254,10 +266,15 @@ def write_html_report(
     groups = merged.metadata["word_groups"]
     rate = source.frame_rate
 
+    tested = significance is not None and source.spectrogram_z is not None and source.units is not None
+    token_sig = source.significance(significance, correction).numpy() if tested else None
+    word_sig = merged.significance(significance, correction).numpy() if tested else None
     token_items = []
     for k, text in enumerate(source.tokens):
         data, low, high = _quantise(_numpy(source.spectrogram_attr[k]))
         token_items.append({"text": text, "map": data, "min": low, "max": high})
+        if token_sig is not None:
+            token_items[-1]["sig"] = _pack(token_sig[k])
     word_items = []
     word_profiles = _numpy(merged.time_profile("mean"))
     for i, text in enumerate(merged.tokens):
@@ -269,8 +286,13 @@ def write_html_report(
             item.update(ref=groups[i][0], min=token_item["min"], max=token_item["max"])
         else:
             item["map"], item["min"], item["max"] = _quantise(_numpy(merged.spectrogram_attr[i]))
+            if word_sig is not None:
+                item["sig"] = _pack(word_sig[i])
         word_items.append(item)
     utterance, u_low, u_high = _quantise(_numpy(result.utterance_map()))
+    utterance_item: dict[str, Any] = {"map": utterance, "min": u_low, "max": u_high}
+    if token_sig is not None:
+        utterance_item["sig"] = _pack(token_sig.any(axis=0))
     payload = {
         "n_mels": source.n_mels,
         "n_frames": source.n_frames,
@@ -279,7 +301,8 @@ def write_html_report(
         "background": _background(features, source.n_mels, source.n_frames),
         "tokens": token_items,
         "words": word_items,
-        "utterance": {"map": utterance, "min": u_low, "max": u_high},
+        "utterance": utterance_item,
+        "significance": _significance_note(source, significance, correction) if tested else None,
         "lut": _lut(),
         "alignment": _intervals(words),
     }
@@ -294,6 +317,15 @@ def write_html_report(
     with atomic_write(target) as temporary:
         temporary.write_text(page, encoding="utf-8")
     return target
+
+
+def _significance_note(result: SPESResult, level: float | None, correction: str | None) -> str:
+    method = {"fdr_bh": "Benjamini-Hochberg false discovery rate", "holm": "Holm", "bonferroni": "Bonferroni"}
+    return (
+        f"Bright: significant at {level:g} ({method.get(correction, 'no correction')}, per token over its "
+        f"{result.num_units} independent units); faint: not distinguishable from Monte-Carlo noise with "
+        f"{result.metadata.get('n_masks', '?')} masks."
+    )
 
 
 def _listen_clips(
@@ -484,6 +516,13 @@ function decode(b64){
   return out;
 }
 var cache = {};
+var MUTED = 0.15;
+function countBits(bits, n){
+  var count = 0;
+  for (var i = 0; i < n; i++) count += (bits[i >> 3] >> (7 - (i & 7))) & 1;
+  return count;
+}
+if (D.significance){ document.getElementById("significance").textContent = D.significance; }
 function levels(key, b64){ if(!(key in cache)) cache[key] = decode(b64); return cache[key]; }
 function drawBackground(){
   var ctx = bg.getContext("2d"), img = ctx.createImageData(W, H);
@@ -499,13 +538,17 @@ function drawOverlay(key, item){
   current = [key, item];
   var v = levels(key, item.map), ctx = ov.getContext("2d"), img = ctx.createImageData(W, H);
   var a = parseFloat(alphaInput.value);
+  var sig = item.sig ? levels(key + ":sig", item.sig) : null;
   for (var m = 0; m < H; m++) for (var t = 0; t < W; t++){
-    var q = v[m * W + t], c = D.lut[q], p = ((H - 1 - m) * W + t) * 4;
+    var i = m * W + t, q = v[i], c = D.lut[q], p = ((H - 1 - m) * W + t) * 4;
     img.data[p] = c[0]; img.data[p+1] = c[1]; img.data[p+2] = c[2];
-    // Low saliency is more transparent so the spectrogram stays readable.
-    img.data[p+3] = Math.round(255 * a * Math.min(1, 0.25 + q / 255));
+    // Low saliency is more transparent so the spectrogram stays readable; what is not
+    // significant is drawn faint (MUTED of its opacity).
+    var keep = sig === null || (sig[i >> 3] >> (7 - (i & 7))) & 1;
+    img.data[p+3] = Math.round(255 * a * Math.min(1, 0.25 + q / 255) * (keep ? 1 : MUTED));
   }
   ctx.putImageData(img, 0, 0);
+  ov.dataset.significant = sig === null ? "" : String(countBits(sig, W * H));
 }
 function clearActive(){
   document.querySelectorAll(".active").forEach(function(e){ e.classList.remove("active"); });
@@ -515,7 +558,7 @@ function select(kind, index){
   var item;
   if (kind === "word"){
     item = D.words[index];
-    if (item.ref !== undefined) item = Object.assign({}, item, {map: D.tokens[item.ref].map, key: "token:" + item.ref});
+    if (item.ref !== undefined) item = Object.assign({}, item, {map: D.tokens[item.ref].map, sig: D.tokens[item.ref].sig, key: "token:" + item.ref});
     document.querySelectorAll('.word[data-word-index="' + index + '"]').forEach(function(e){ e.classList.add("active"); });
     item.tokens.forEach(function(k){
       document.querySelectorAll('.token[data-token-index="' + k + '"]').forEach(function(e){ e.classList.add("active"); });
@@ -625,7 +668,8 @@ _TEMPLATE = (
     "data-active-token=''></canvas><div id='playhead'></div></div></div>"
     "<div id='taxis'>{time_ticks}</div><div id='align'></div>"
     "<p class='note'>Time in seconds; frequency axis on the Slaney mel scale, labelled in Hz. Grey: log-mel "
-    "input; colour: saliency, each map scaled to its own range. Click the spectrogram to seek.</p>"
+    "input; colour: saliency, each map scaled to its own range. Click the spectrogram to seek. "
+    "<span id='significance'></span></p>"
     "<h2>Token map</h2>{token_map}"
     "<h2>Run metadata</h2><table id='meta'>{metadata}</table>"
     "<script type='application/json' id='spes-data'>{payload}</script>"
