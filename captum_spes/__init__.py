@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 r"""captum-spes: SPES token-level explanations of speech-to-text models, as a Captum method."""
 
+from captum_spes._core.coarse_to_fine import CoarseToFine
 from captum_spes._core.estimators import (
     ESTIMATORS,
     Estimate,
@@ -53,6 +54,7 @@ __all__ = [
     "Estimator",
     "Estimate",
     "ReferenceEstimator",
+    "CoarseToFine",
     "ESTIMATORS",
     "register_estimator",
     "MaskFamily",

@@ -25,16 +25,21 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from captum_spes.errors import InputError, InputTypeError
 
+if TYPE_CHECKING:
+    from captum_spes._core.utterance import Utterance
+    from captum_spes.masks import MaskLevel
+
 __all__ = [
+    "MaskStage",
     "Estimate",
     "Estimator",
     "ReferenceEstimator",
@@ -43,6 +48,28 @@ __all__ = [
     "resolve_estimator",
     "units_of",
 ]
+
+
+@dataclass(frozen=True)
+class MaskStage:
+    r"""One block of masks of an estimator's own design (:meth:`Estimator.plan`).
+
+    Attributes:
+        level (int): the estimator level the masks are added under.
+        labels (Tensor): long ``(n_mels, n_frames)`` segment ids of this stage.
+        num_segments (int): segments in ``labels``.
+        n_masks (int): masks to draw.
+        probabilities (Tensor or None): occlusion probability per segment ``(num_segments,)``
+            (0 = never occluded), or None for the run's ``p`` everywhere.
+        name (str): what the stage is for, e.g. "coarse" or "refine".
+    """
+
+    level: int
+    labels: Tensor
+    num_segments: int
+    n_masks: int
+    probabilities: Tensor | None = None
+    name: str = ""
 
 
 @dataclass
@@ -123,6 +150,7 @@ class Estimator(ABC):
         bound.segments_per_level = [int(n) for n in segments_per_level]
         bound.device = torch.device(device)
         bound._allocate()
+        bound._bound = True
         return bound
 
     def empty_like(self) -> Estimator:
@@ -168,8 +196,20 @@ class Estimator(ABC):
         """The (unbound) estimator of the token map; by default one with the same settings."""
         return copy.copy(self)
 
+    def plan(
+        self, utterance: Utterance, levels: Sequence[MaskLevel], n_masks: int, p: float
+    ) -> Iterator[MaskStage] | None:
+        r"""The masks to draw, for estimators that choose their own design; None (the default)
+        draws ``n_masks`` masks over the mask family's ``levels`` in consecutive blocks.
+
+        A design is a generator of :class:`MaskStage`: SPES runs each stage's masks (adding
+        them to this estimator under the stage's ``level`` index) before asking for the next,
+        so a later stage can depend on what the earlier ones found.
+        """
+        return None
+
     def _check_bound(self) -> None:
-        if not self.segments_per_level:
+        if not getattr(self, "_bound", False):
             raise RuntimeError(f"{type(self).__name__} is not bound to an utterance: call bind() first")
 
 
@@ -196,6 +236,19 @@ class ReferenceEstimator(Estimator):
         self.total_sum = [zeros(k, dtype=f64, device=dev) for _ in self.segments_per_level]
         self.total_sq = [zeros(k, dtype=f64, device=dev) for _ in self.segments_per_level]
         self.total_count = [zeros((), dtype=f64, device=dev) for _ in self.segments_per_level]
+
+    def add_level(self, num_segments: int) -> int:
+        """Append a zeroed level of ``num_segments`` segments; returns its index."""
+        self._check_bound()
+        k, dev, f64 = self.num_targets, self.device, torch.float64
+        self.segments_per_level.append(int(num_segments))
+        self.occluded_sum.append(torch.zeros(k, num_segments, dtype=f64, device=dev))
+        self.occluded_sq.append(torch.zeros(k, num_segments, dtype=f64, device=dev))
+        self.occluded_count.append(torch.zeros(num_segments, dtype=f64, device=dev))
+        self.total_sum.append(torch.zeros(k, dtype=f64, device=dev))
+        self.total_sq.append(torch.zeros(k, dtype=f64, device=dev))
+        self.total_count.append(torch.zeros((), dtype=f64, device=dev))
+        return len(self.segments_per_level) - 1
 
     def add(self, level: int, scores: Tensor, occluded: Tensor) -> None:
         self._check_bound()
@@ -253,6 +306,27 @@ class ReferenceEstimator(Estimator):
             "sq_occ": sq_occ,
             "sum_kept": sum_kept,
             "sq_kept": sq_kept,
+        }
+
+    def level_statistics(self, level: int) -> dict[str, Tensor]:
+        r"""Per segment of one level alone: the occluded-minus-kept mean impact, its standard
+        error, Welch's z and the occlusion counts, each ``(num_targets, num_segments)``
+        (counts ``(num_segments,)``)."""
+        self._check_bound()
+        n_occ = self.occluded_count[level]
+        n_kept = self.total_count[level] - n_occ
+        mean_occ, var_occ = mean_and_variance(self.occluded_sum[level], self.occluded_sq[level], n_occ)
+        mean_kept, var_kept = mean_and_variance(
+            self.total_sum[level][:, None] - self.occluded_sum[level],
+            self.total_sq[level][:, None] - self.occluded_sq[level],
+            n_kept,
+        )
+        effect = mean_occ - mean_kept
+        return {
+            "effect": effect,
+            "standard_error": (var_occ / n_occ + var_kept / n_kept).sqrt(),
+            "z": welch_z(effect, var_occ, n_occ, var_kept, n_kept),
+            "occluded": n_occ,
         }
 
     def finalize(self, labels: Sequence[Tensor]) -> Estimate:
