@@ -22,6 +22,7 @@ from captum_spes._core.result import SPESResult
 from captum_spes._core.utterance import Utterance
 from captum_spes._utils.adaptive import AdaptiveMasks, run_adaptive
 from captum_spes._utils.baselines import BaselineSpec
+from captum_spes._utils.batching import BatchSizer
 from captum_spes._utils.sampling import MaskBatch, MaskSampler
 from captum_spes.errors import InputError, InputTypeError
 from captum_spes.impact import ImpactMeasure
@@ -45,6 +46,7 @@ class _Run:
     labels: list[Tensor]  # per level, (n_mels, n_frames) segment ids on the device
     token_maskable: Tensor  # (num_decoder_inputs,) bool
     per_eval: int  # masks per forward pass
+    sizer: BatchSizer  # backs off when a batch does not fit in memory
     bar: Any
     joint_tokens: Estimator | None = None  # the token map of joint masks
 
@@ -244,6 +246,8 @@ class SPES(PerturbationAttribution):
             "estimator": {**config.estimator.config(), **spectrogram.info},
             **self._run_metadata(utterance, hypothesis, spectrogram),
             "adaptive": adaptive_info,
+            "perturbations_per_eval_used": run.sizer.size,
+            "out_of_memory_retries": run.sizer.failures,
             "utterance_id": utterance_id,
             "seconds": time.perf_counter() - started,
         }
@@ -328,6 +332,7 @@ class SPES(PerturbationAttribution):
             labels=[lv.labels.to(device) for lv in levels],
             token_maskable=maskable,
             per_eval=config.perturbations_per_eval,
+            sizer=BatchSizer(config.perturbations_per_eval),
             bar=bar,
         )
 
@@ -428,7 +433,7 @@ class SPES(PerturbationAttribution):
             return run.measure(run.clean, self.wrapper.forward_from_encoder(encoder_outputs, keep), run.target_ids)
 
         for batch in sampler.batches(run.per_eval):
-            scores = _checked_scores(token_pass(batch), batch.size)
+            scores = _checked_scores(run.sizer.score(batch, token_pass), batch.size)
             estimator.add(0, scores, batch.token_occluded.to(run.utterance.device))
             run.bar.update(batch.size)
         return estimator.finalize(columns), passes
@@ -450,7 +455,7 @@ class SPES(PerturbationAttribution):
         (the sampler's level ``i`` is the estimator's level ``level + i``)."""
         device = run.utterance.device
         for batch in sampler.batches(run.per_eval):
-            scores = _checked_scores(score(batch), batch.size)
+            scores = _checked_scores(run.sizer.score(batch, score), batch.size)
             for index, rows, occluded in batch.level_rows:
                 estimator.add(level + index, scores[rows.to(device)], occluded.to(device))
             if token_estimator is not None and batch.token_occluded is not None:

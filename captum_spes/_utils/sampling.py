@@ -61,6 +61,20 @@ class MaskBatch:
     level_rows: list[tuple]
     token_occluded: Tensor | None
 
+    def split(self, size: int) -> list[MaskBatch]:
+        """Consecutive pieces of at most ``size`` masks (the same masks, in the same order)."""
+        pieces = []
+        for first in range(0, self.size, size):
+            last = min(first + size, self.size)
+            level_rows = []
+            for level, rows, occluded in self.level_rows:
+                inside = (rows >= first) & (rows < last)
+                if inside.any():
+                    level_rows.append((level, rows[inside] - first, occluded[inside]))
+            tokens = None if self.token_occluded is None else self.token_occluded[first:last]
+            pieces.append(MaskBatch(self.start + first, last - first, level_rows, tokens))
+        return pieces
+
 
 class MaskSampler:
     """Draws the occlusion flags of all masks of one utterance, in a fixed order.
