@@ -98,3 +98,13 @@ def test_textgrid_path(tmp_path):
     grid.save(str(path), format="long_textgrid", includeBlankSpaces=True)
     report = word_plausibility(make_result(), str(path), tier="words")
     assert report.num_matched == 2 and report.mean_mass_in_span == pytest.approx(0.5)
+
+
+def test_pointing_with_tied_maxima_counts_the_share_inside():
+    # Ten frames; the maximum is shared by frames 2-5 (rows 0 and 1): 8 tied elements, of which
+    # the 4 in frames 4-5 lie in the interval [0.4, 0.6) s: expected hit 0.5, not the hit or miss
+    # of whichever tied element comes first.
+    saliency = torch.zeros(2, 10)
+    saliency[:, 2:6] = 1.0
+    out = interval_scores(saliency, 0.4, 0.6, frame_rate=10.0)
+    assert out["pointing_hit"] == pytest.approx(0.5) and out["argmax_time"] == pytest.approx(0.2)

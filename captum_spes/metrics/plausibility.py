@@ -9,7 +9,10 @@ TextGrid):
   inside its aligned interval. Negative values are clipped to 0 first (signed methods such as
   Integrated Gradients would otherwise cancel mass); a map with no positive mass scores 0.
 * **pointing game**: a hit when the frame of the word map's largest element lies inside the
-  interval widened by ``tolerance`` seconds on each side.
+  interval widened by ``tolerance`` seconds on each side. When several elements share the
+  largest value (a map made of coarse segments), the hit is its expected value under
+  uniformly random tie-breaking: the share of those elements whose frame lies inside, so no
+  arbitrary order (e.g. the lowest mel bin first) decides it.
 
 Chance level of both is the (widened) interval length over the map's duration: what a map
 spread uniformly over time (mass) or a random argmax frame (pointing) would score.
@@ -62,7 +65,8 @@ class WordPlausibility:
         start, end (float): aligned interval in seconds.
         mass_in_span (float): share (0-1) of the clipped saliency mass inside the interval.
         mass_chance (float): interval frames / map frames.
-        pointing_hit (bool): argmax frame inside the interval (± tolerance).
+        pointing_hit (float): 1 when the argmax frame is inside the interval (± tolerance), 0
+            when not; between them, the share of tied maxima inside.
         pointing_chance (float): widened interval frames / map frames.
         argmax_time (float): time in seconds of the argmax frame's start.
     """
@@ -74,7 +78,7 @@ class WordPlausibility:
     end: float
     mass_in_span: float
     mass_chance: float
-    pointing_hit: bool
+    pointing_hit: float
     pointing_chance: float
     argmax_time: float
 
@@ -137,7 +141,8 @@ def interval_scores(
         tolerance (float, optional): seconds added on each side for the pointing game.
 
     Returns:
-        *dict* with ``mass_in_span``, ``mass_chance``, ``pointing_hit`` (0/1),
+        *dict* with ``mass_in_span``, ``mass_chance``, ``pointing_hit`` (0 to 1: the share of
+        the maximal elements inside, 0/1 without ties),
         ``pointing_chance`` and ``argmax_time``.
     """
     if saliency.dim() == 1:
@@ -154,10 +159,12 @@ def interval_scores(
     inside = float(mass[first:stop].sum())
     lo, hi = interval_frames(start - tolerance, end + tolerance, frame_rate, n_frames)
     if total > 0:
-        frame = int(values.reshape(-1).argmax()) % n_frames
-        hit = lo <= frame < hi
+        flat = values.reshape(-1)
+        peaks = (flat == flat.max()).nonzero()[:, 0] % n_frames
+        frame = int(peaks[0])
+        hit = float(((peaks >= lo) & (peaks < hi)).to(torch.float64).mean())
     else:
-        frame, hit = 0, False  # no positive saliency: nothing points anywhere
+        frame, hit = 0, 0.0  # no positive saliency: nothing points anywhere
     return {
         "mass_in_span": inside / total if total > 0 else 0.0,
         "mass_chance": (stop - first) / n_frames,
@@ -209,7 +216,7 @@ def _utterance(
                     end=iv.end,
                     mass_in_span=s["mass_in_span"],
                     mass_chance=s["mass_chance"],
-                    pointing_hit=bool(s["pointing_hit"]),
+                    pointing_hit=s["pointing_hit"],
                     pointing_chance=s["pointing_chance"],
                     argmax_time=s["argmax_time"],
                 )
