@@ -67,17 +67,18 @@ def test_two_stage_map_by_hand(monkeypatch):
     with pytest.raises(StopIteration):
         next(stages)
     estimate = estimator.finalize([coarse.labels, refine.labels])
-    # Cell densities: 4 / 16 = 0.25 and 1 / 16. Scale = stage-1 effect of the refined cell (4) over
-    # stage-2 effect of its atoms (2) = 2; the cell's mean stage-2 density is 2 / 16. Atom 0:
-    # 0.25 + 2 (2/8 - 1/8) = 0.5; atom 1: 0.25 + 2 (0 - 1/8) = 0: the cell's mean stays 0.25.
-    torch.testing.assert_close(estimate.attribution[0, 0, ::2], torch.tensor([0.5, 0.0, 1 / 16, 1 / 16]))
+    # Cell effects 4 and 1. Scale = stage-1 effect of the refined cell (4) over stage-2 effect of
+    # its atoms (2) = 2. Atom detail = (mean cell size / atom size) x atom effect - the cell's
+    # stage-2 total (both cells hold 16 elements): atom 0: 2 x 2 - 2 = 2, atom 1: 2 x 0 - 2 = -2.
+    # Values: 4 + 2 x 2 = 8 and 4 - 2 x 2 = 0: the cell's mean stays 4.
+    torch.testing.assert_close(estimate.attribution[0, 0, ::2], torch.tensor([8.0, 0.0, 1.0, 1.0]))
     assert estimate.num_units == 3 and estimate.units[0].tolist() == [0, 0, 1, 1, 2, 2, 2, 2]
     # z: atom 0 from stage 2 (constant groups 3 vs 1: +inf), atom 1 0, cell 1 from stage 1.
     assert estimate.z[0, 0] == float("inf") and estimate.z[0, 1] == 0
     assert estimate.z[0, 2].item() == pytest.approx(1 / (8.5**0.5))
-    # Standard errors: the refined atoms' in stage-1 units (scale 2, per 8 elements); atom 1's
+    # Standard errors: the refined atoms' in stage-1 units (scale 2, mean cell / atom size 2); atom 1's
     # stage-2 groups {3, 1} and {3, 1} have variance 2 each: sqrt(2/2 + 2/2) = sqrt(2).
-    assert estimate.standard_error[0, 1].item() == pytest.approx(2 * 2**0.5 / 8)
+    assert estimate.standard_error[0, 1].item() == pytest.approx(2 * 2 * 2**0.5)
     assert estimate.info["refined_atoms"] == 2 and estimate.info["cells"] == 2
 
 

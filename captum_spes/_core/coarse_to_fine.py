@@ -16,15 +16,18 @@ estimator chooses its own design in two stages:
    probability ``p`` and keep everything else clean (``outside="keep"``), so the rest of the
    utterance adds no variance to the fine estimates.
 
-The map is an **effect density**: the increase in mean impact when a unit is occluded
-(occluded minus kept means, as Welch's test compares them), per element of the unit. Coarse
-cells keep their stage-1 density; a refined cell keeps its stage-1 mean density and gets its
-within-cell detail from stage 2 — each atom's stage-2 density minus the cell's mean, in the
-stage-1 scale (the token's stage-1 effect of the refined cells over its stage-2 effect of their
-atoms, clipped at 0). Its units are the refined atoms and the unrefined cells: z statistics come
-from the stage that estimated each unit (stage 2 uses data independent of the selection);
-standard errors are conditional on the scale. When the budget is below ``refine_from`` masks,
-all of it goes to the coarse stage.
+The map is the **effect of the coarse cell**: the increase in mean impact when the element's
+cell is occluded (occluded minus kept means, as Welch's test compares them), the same value
+over the cell. Inside a refined cell the value varies with its atoms: each atom's stage-2
+effect per element minus the cell's mean, brought to the stage-1 scale (the token's stage-1
+effect of the refined cells over its stage-2 effect of their atoms, clipped at 0) and multiplied
+by the mean cell size (a constant: the same atom effect weighs the same in any cell) — so the
+cell's mean value stays its stage-1 effect and the detail says where inside the cell it is.
+(Dividing every cell by its size instead, an effect density, ranks small noisy cells first: it
+was less stable and pointed worse in our study.) Its units are the refined atoms and the
+unrefined cells: z statistics come from the stage that estimated each unit (stage 2 uses data
+independent of the selection); standard errors are conditional on the scale. When the budget is
+below ``refine_from`` masks, all of it goes to the coarse stage.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ def nest(fine: Tensor, coarse: Tensor) -> Tensor:
 
 class CoarseToFine(Estimator):
     r"""Coarse cells matched to the budget, then the cells with an effect at the family's
-    resolution (see the module docstring).
+    resolution (see the module docstring). The map is the coarse cell's effect (occluded
+    minus kept mean impact), varying inside refined cells with their atoms.
 
     Args:
         coarse_fraction (float): share of the masks spent on the coarse stage when the
@@ -227,12 +231,11 @@ class CoarseToFine(Estimator):
         first = self.sums.level_statistics(0)
         cells = self._cells.to(self.device)
         area_cell = torch.bincount(cells.reshape(-1), minlength=first["effect"].shape[1]).to(torch.float64)
-        density = first["effect"] / area_cell
         if len(self.sums.segments_per_level) == 1:
-            values, standard_error, z = density, first["standard_error"] / area_cell, first["z"]
+            values, standard_error, z = first["effect"], first["standard_error"], first["z"]
             occluded, units = first["occluded"], cells
         else:
-            values, standard_error, z, occluded = self._combine(first, density, area_cell)
+            values, standard_error, z, occluded = self._combine(first, area_cell)
             units = self._units.to(self.device)
         flat = units.reshape(-1)
         attribution = torch.nan_to_num(values, nan=0.0).to(torch.float32)[:, flat].reshape(-1, *units.shape)
@@ -245,11 +248,11 @@ class CoarseToFine(Estimator):
             info={
                 **self.config(),
                 **self.design,
-                "map": "effect density (occluded minus kept mean impact per element)",
+                "map": "coarse cell's effect (occluded minus kept mean impact), varying with refined cells' atoms",
             },
         )
 
-    def _combine(self, first: dict[str, Tensor], density: Tensor, area_cell: Tensor) -> tuple[Tensor, ...]:
+    def _combine(self, first: dict[str, Tensor], area_cell: Tensor) -> tuple[Tensor, ...]:
         """Unit values, standard errors, z and occlusion counts of the two-stage map."""
         second = self.sums.level_statistics(1)
         refined = self._num_refined
@@ -260,24 +263,22 @@ class CoarseToFine(Estimator):
         cell_of_unit.scatter_(0, units.reshape(-1), self._cells.to(self.device).reshape(-1))
         atom_cells = cell_of_unit[:refined]
         atom_effect = second["effect"][:, :refined]
-        cell_total = torch.zeros_like(density).index_add_(1, atom_cells, atom_effect)
+        cell_effect = first["effect"]
+        cell_total = torch.zeros_like(cell_effect).index_add_(1, atom_cells, atom_effect)
         refined_cells = torch.unique(atom_cells)
         # Stage 2 ran in another context (the rest of the utterance clean): its effects are
         # brought to the stage-1 scale, per token, over all refined cells together.
-        stage1, stage2 = first["effect"][:, refined_cells].sum(dim=1), atom_effect.sum(dim=1)
-        scale = torch.where(
-            stage2 != 0, stage1 / torch.where(stage2 != 0, stage2, torch.ones_like(stage2)), torch.zeros_like(stage2)
-        )
-        scale = scale.clamp_min(0)[:, None]
-        detail = atom_effect / area_unit[:refined] - (cell_total / area_cell)[:, atom_cells]
+        stage1, stage2 = cell_effect[:, refined_cells].sum(dim=1), atom_effect.sum(dim=1)
+        ratio = stage1 / torch.where(stage2 != 0, stage2, torch.ones_like(stage2))
+        scale = torch.where(stage2 != 0, ratio, torch.zeros_like(ratio)).clamp_min(0)[:, None]
+        # Per element of the atom, relative to the cell's mean, times the mean cell size: a
+        # constant, so the same atom effect weighs the same in a small cell as in a large one.
+        size = area_cell.mean() / area_unit[:refined]
+        detail = size * atom_effect - (area_cell.mean() / area_cell[atom_cells]) * cell_total[:, atom_cells]
         kept_cells = cell_of_unit[refined:]
-        values = torch.cat([density[:, atom_cells] + scale * detail, density[:, kept_cells]], dim=1)
+        values = torch.cat([cell_effect[:, atom_cells] + scale * detail, cell_effect[:, kept_cells]], dim=1)
         standard_error = torch.cat(
-            [
-                scale * second["standard_error"][:, :refined] / area_unit[:refined],
-                first["standard_error"][:, kept_cells] / area_cell[kept_cells],
-            ],
-            dim=1,
+            [scale * size * second["standard_error"][:, :refined], first["standard_error"][:, kept_cells]], dim=1
         )
         z = torch.cat([second["z"][:, :refined], first["z"][:, kept_cells]], dim=1)
         occluded = torch.cat([second["occluded"][:refined], first["occluded"][kept_cells]])
