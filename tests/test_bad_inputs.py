@@ -34,7 +34,7 @@ import torch
 from helpers import tiny_whisper, whisper_features
 from test_cli import TINY, tiny_factory
 
-from captum_spes import SPES, InputError, SpeechSeq2SeqWrapper, cli
+from captum_spes import SPES, AdaptiveMasks, InputError, SpeechSeq2SeqWrapper, cli
 from captum_spes.audio import AudioError, load_audio, read_audio
 from captum_spes.data import load_sample
 
@@ -426,6 +426,30 @@ API_CASES: dict[str, APICase] = {
         ValueError,
         "n_token_masks configures the token map, but token_p=None",
     ),
+    "attribute/token_masks-without-token-map": APICase(
+        _attribute(token_p=None, token_masks="joint"), ValueError, "token_masks configures the token map"
+    ),
+    "attribute/perturb_prompt-without-token-map": APICase(
+        _attribute(token_p=None, perturb_prompt=False), ValueError, "perturb_prompt configures the token map"
+    ),
+    "attribute/prompt_ids-with-a-Hypothesis-target": APICase(
+        lambda ctx: ctx["spes"].attribute(
+            ctx["features"], n_masks=6, target=ctx["spes"].wrapper.set_hypothesis(ctx["features"]), prompt_ids=[98]
+        ),
+        ValueError,
+        "prompt_ids is ignored when target is a Hypothesis",
+    ),
+    "attribute/adaptive-round_size-below-levels": APICase(
+        _attribute(n_masks=AdaptiveMasks(round_size=2, max_masks=100, min_masks=2)),
+        ValueError,
+        "AdaptiveMasks(round_size=2) is smaller than the number of mask levels (3)",
+    ),
+    "attribute/model-in-training-mode": APICase(
+        lambda ctx: SPES(SpeechSeq2SeqWrapper(tiny_whisper().train())).attribute(ctx["features"], n_masks=6),
+        ValueError,
+        "the model is in training mode",
+    ),
+    "attribute/utterance_id=3": APICase(_attribute(utterance_id=3), TypeError, "utterance_id must be a str, got int"),
     "attribute/estimator=nope": APICase(
         _attribute(estimator="nope"), ValueError, "estimator='nope' is not a registered estimator"
     ),

@@ -348,3 +348,13 @@ def test_impact_measure_returning_nan_is_an_error(whisper):
 
     with pytest.raises(FloatingPointError, match="NaN or inf"):
         SPES(SpeechSeq2SeqWrapper(whisper)).attribute(whisper_features(), n_masks=3, impact=broken)
+
+
+def test_the_callers_utterance_id_is_saved(whisper, tmp_path):
+    result = SPES(SpeechSeq2SeqWrapper(whisper)).attribute(
+        whisper_features(), n_masks=3, token_p=None, utterance_id="corpus/clip-7"
+    )
+    assert result.metadata["utterance_id"] == "corpus/clip-7"
+    loaded = type(result).load(result.save(tmp_path / "x"))
+    assert loaded.metadata["utterance_id"] == "corpus/clip-7"
+    assert loaded.num_units == result.num_units and torch.equal(loaded.spectrogram_z, result.spectrogram_z)
