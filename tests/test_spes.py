@@ -357,4 +357,5 @@ def test_the_callers_utterance_id_is_saved(whisper, tmp_path):
     assert result.metadata["utterance_id"] == "corpus/clip-7"
     loaded = type(result).load(result.save(tmp_path / "x"))
     assert loaded.metadata["utterance_id"] == "corpus/clip-7"
-    assert loaded.num_units == result.num_units and torch.equal(loaded.spectrogram_z, result.spectrogram_z)
+    assert loaded.num_units == result.num_units
+    torch.testing.assert_close(loaded.spectrogram_z, result.spectrogram_z, equal_nan=True)  # 3 masks: mostly NaN
