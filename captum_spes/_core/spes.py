@@ -206,8 +206,11 @@ class SPES(PerturbationAttribution):
             >>> from captum_spes import SPES, SpeechSeq2SeqWrapper
             >>> wrapper = SpeechSeq2SeqWrapper(model, processor)
             >>> features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
-            >>> result = SPES(wrapper).attribute(features, n_masks=2000, show_progress=True)
+            >>> result = SPES(wrapper).attribute(features, n_masks=40, num_samples=len(audio))
             >>> result.spectrogram_attr.shape  # (num_tokens, 80, num_frames)
+            torch.Size([12, 80, 301])
+            >>> result.significance().shape    # True where the map is not Monte-Carlo noise
+            torch.Size([12, 80, 301])
         """
         started = time.perf_counter()
         if additional_forward_args is not None:
@@ -520,4 +523,6 @@ def _refuse_noise_tunnel(self: SPES, *args: Any, **kwargs: Any) -> None:
 
 # Captum's NoiseTunnel calls ``attribute.__wrapped__`` (the function under ``@log_usage``);
 # normal calls go through log_usage's own reference to the real method and are unaffected.
-SPES.attribute.__wrapped__ = functools.wraps(SPES.attribute.__wrapped__)(_refuse_noise_tunnel)  # type: ignore[attr-defined]
+SPES.attribute.__wrapped__ = functools.wraps(  # type: ignore[attr-defined]
+    SPES.attribute.__wrapped__, assigned=("__module__", "__name__", "__qualname__", "__annotations__")
+)(_refuse_noise_tunnel)

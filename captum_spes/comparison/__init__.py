@@ -2,8 +2,10 @@
 r"""SPES against Captum baselines on one utterance: cost, faithfulness, compactness, plausibility.
 
 >>> from captum_spes.comparison import compare
->>> report = compare(wrapper, features, n_masks=500)
->>> report.print(); report.to_csv("comparison.csv"); fig, axes = report.plot()
+>>> report = compare(wrapper, features, methods=["spes", "occlusion"], n_masks=16, metrics=["size"])
+>>> [row.method for row in report.rows]
+['spes', 'occlusion']
+>>> path = report.to_csv("comparison.csv"); fig, axes = report.plot()
 
 The command line (``captum-spes compare``) lives in :mod:`captum_spes.comparison.cli`, imported
 only by the CLI.

@@ -200,9 +200,13 @@ def compare(
 
     Examples::
 
+        >>> from captum_spes import SpeechSeq2SeqWrapper
         >>> from captum_spes.comparison import compare
-        >>> report = compare(SpeechSeq2SeqWrapper(model, processor), features, n_masks=500)
-        >>> report.print()
+        >>> report = compare(SpeechSeq2SeqWrapper(model, processor), features, methods=["spes", "random"],
+        ...                  n_masks=16, metrics=["size"])
+        >>> print(report.to_markdown())
+        Hypothesis: ' He was not an old-sposed young man.' (12 tokens, 3.00 s)
+        ...
         >>> fig, axes = report.plot()
     """
     names = _check_names(methods, list(METHODS), "methods")

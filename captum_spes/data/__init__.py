@@ -10,9 +10,9 @@ See ``samples/README.md`` for the list.
 Example:
     >>> from captum_spes.data import list_samples, load_sample
     >>> s = load_sample("acoustic_corpus")
-    >>> s.waveform.shape, s.sampling_rate          # doctest: +SKIP
+    >>> s.waveform.shape, s.sampling_rate
     ((427572,), 16000)
-    >>> s.words[0]                                 # doctest: +SKIP
+    >>> s.words[0]
     AlignedInterval(start=1.05, end=1.2, label='this')
 """
 
