@@ -267,8 +267,9 @@ def test_speech_encoder_decoder_waveform_input():
         config.eos_token_id = 2
         config.pad_token_id = 0
     waveform = torch.randn(1, 1600)
-    result = _spes_test_assert(model, waveform, n_masks=6, target=[5, 6], feature_mask=TimeMasks(160))
-    assert result.spectrogram_attr.shape == (3, 1, 1600)
+    # waveform encoders are perturbed in the STFT domain: 201 bins of 40 Hz, 10 ms frames
+    result = _spes_test_assert(model, waveform, n_masks=6, target=[5, 6], feature_mask=TimeMasks(2))
+    assert result.spectrogram_attr.shape == (3, 201, 11)
     with pytest.raises(ValueError, match="inputs must have shape"):
         SPES(SpeechSeq2SeqWrapper(model)).attribute(torch.randn(1, 80, 100), n_masks=3, target=[5])
 
