@@ -245,7 +245,9 @@ def _explain_waveform(
         )
     print(f"Loading model {model_name} on {device} ...", flush=True)
     model, processor = _load_model(model_name, device)
-    features = processor(waveform, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
+    wrapper = SpeechSeq2SeqWrapper(model, processor)
+    # The adapter builds the model input (a speech LLM also sets up its chat here).
+    features = wrapper.adapter.prepare_inputs(processor, waveform, SAMPLING_RATE)
     features = features.to(device=device, dtype=next(model.parameters()).dtype)
 
     generate_kwargs: dict[str, Any] = {}
@@ -253,7 +255,6 @@ def _explain_waveform(
         generate_kwargs["task"] = task
     if language:
         generate_kwargs["language"] = language
-    wrapper = SpeechSeq2SeqWrapper(model, processor)
     hypothesis = wrapper.set_hypothesis(features, target, generate_kwargs=generate_kwargs or None)
     label = "Target" if target is not None else "Transcript"
     print(f"{label}: {hypothesis.text}", flush=True)
@@ -298,7 +299,9 @@ def _explain_waveform(
             f"threshold {adaptive['threshold']} {verdict}.",
             flush=True,
         )
-    files = _write_outputs(result, waveform, features, out, words=words, listen=listen, overwrite=overwrite)
+    # Figures draw the canonical view the maps cover (e.g. a waveform model's STFT).
+    shown = wrapper.adapter.utterance_layout(features).to_canonical(features)[None]
+    files = _write_outputs(result, waveform, shown, out, words=words, listen=listen, overwrite=overwrite)
     return _Explained(result, seconds, batch_s, token_s, files)
 
 
