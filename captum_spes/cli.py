@@ -74,7 +74,14 @@ _USER_ERRORS: tuple[type, ...] = (
     NotADirectoryError,
 )
 
-_OUTPUT_FILES = ("explanation.safetensors", "overview.png", "words.png", "token_map.png", "report.html")
+_OUTPUT_FILES = (
+    "explanation.safetensors",
+    "contrastive.safetensors",
+    "overview.png",
+    "words.png",
+    "token_map.png",
+    "report.html",
+)
 _LISTEN_DIR = "listen"
 
 
@@ -232,6 +239,7 @@ def _explain_waveform(
     overwrite: bool,
     source: str,
     before_attribution: Callable[[float, float], None] | None = None,
+    contrast: Sequence[str] | None = None,
 ) -> _Explained:
     """Transcribe, estimate, explain and write every output; print progress lines."""
 
@@ -258,6 +266,7 @@ def _explain_waveform(
     hypothesis = wrapper.set_hypothesis(features, target, generate_kwargs=generate_kwargs or None)
     label = "Target" if target is not None else "Transcript"
     print(f"{label}: {hypothesis.text}", flush=True)
+    measure = _contrastive_measure(hypothesis, contrast, wrapper.tokenizer) if contrast else None
     print(f"Explaining {hypothesis.num_explained} tokens (end token included) of {duration:.2f} s of audio.")
 
     batch_s, token_s = _measure_batches(wrapper, features, batch_size)
@@ -299,9 +308,19 @@ def _explain_waveform(
             f"threshold {adaptive['threshold']} {verdict}.",
             flush=True,
         )
+    contrastive = None
+    if measure is not None:
+        started = time.perf_counter()
+        contrastive = SPES(wrapper).attribute(
+            features, target=hypothesis, perturbations_per_eval=batch_size, show_progress=True,
+            n_masks=rule if rule is not None else n_masks, seed=seed, impact=measure,
+        )  # fmt: skip
+        print(f"Contrastive attribution took {time.perf_counter() - started:.1f} s.", flush=True)
     # Figures draw the canonical view the maps cover (e.g. a waveform model's STFT).
     shown = wrapper.adapter.utterance_layout(features).to_canonical(features)[None]
-    files = _write_outputs(result, waveform, shown, out, words=words, listen=listen, overwrite=overwrite)
+    files = _write_outputs(
+        result, waveform, shown, out, words=words, listen=listen, overwrite=overwrite, contrast=(contrastive, measure)
+    )
     return _Explained(result, seconds, batch_s, token_s, files)
 
 
@@ -314,8 +333,10 @@ def _write_outputs(
     words: Sequence[Any] | None,
     listen: bool,
     overwrite: bool,
+    contrast: tuple[Any, Any] = (None, None),
 ) -> list[Path]:
-    """Save the explanation, the figures, the HTML page and (``listen``) the WAVs."""
+    """Save the explanation, the figures, the HTML page and (``listen``) the WAVs; with a
+    contrastive result, also that result and its panel in the HTML page."""
     import matplotlib.pyplot as plt
 
     from captum_spes.visualization import (
@@ -330,6 +351,9 @@ def _write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     features_cpu = features.detach().float().cpu()
     files = [result.save(out / "explanation.safetensors", overwrite=overwrite)]
+    contrastive, measure = contrast
+    if contrastive is not None:
+        files.append(contrastive.save(out / "contrastive.safetensors", overwrite=overwrite))
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), gridspec_kw={"height_ratios": [3, 2]})
     plot_utterance_map(result, features_cpu, plt_fig_axis=(fig, top))
@@ -359,6 +383,8 @@ def _write_outputs(
             features=features_cpu,
             words=words,
             overwrite=overwrite,
+            contrast=contrastive,
+            contrast_foils={c.position: c.foil_text for c in measure.contrasts} if measure is not None else None,
         )
     )
     if listen:
@@ -376,6 +402,21 @@ def _write_outputs(
                 )
             )
     return files
+
+
+def _contrastive_measure(hypothesis: Any, specs: Sequence[str], tokenizer: Any) -> Any:
+    """The ``--contrast`` measure; prints what each contrast resolved to."""
+    from captum_spes.impact import ContrastiveImpact
+
+    measure = ContrastiveImpact.from_text(hypothesis, specs, tokenizer)
+    for c in measure.contrasts:
+        first = f"its first token {tokenizer.decode([c.foil_id])!r} of {len(c.foil_ids)}" if len(c.foil_ids) > 1 else ""
+        print(
+            f"Contrast: token {c.position} {hypothesis.tokens[c.position]!r} rather than {c.foil_text!r}"
+            + (f" ({first}: a foil of several tokens is contrasted where it starts)" if first else ""),
+            flush=True,
+        )
+    return measure
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
@@ -427,6 +468,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         target=args.target,
         words=None,
         source=str(audio),
+        contrast=args.contrast,
         **options,
     )
     _print_files(explained.files)
@@ -591,6 +633,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--language", default=None, help="spoken language, e.g. en or sv (multilingual models)")
     explain.add_argument("--target", default=None, help="explain this text instead of the model's transcript")
+    explain.add_argument(
+        "--contrast",
+        action="append",
+        metavar="POSITION_OR_WORD:FOIL",
+        help="also explain why the token at POSITION (or the first token reading WORD) was chosen rather than "
+        "FOIL, e.g. he:she (repeatable; a second attribution with the log-probability margin as impact)",
+    )
     _add_run_options(explain, n_masks=2000, batch_size=8, out=None)
     explain.set_defaults(func=_run_explain)
 

@@ -28,7 +28,7 @@ import html
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,8 @@ def write_html_report(
     top_percent: float = 10.0,
     title: str | None = None,
     listen_top_percent: float | None = 10.0,
+    contrast: SPESResult | None = None,
+    contrast_foils: Mapping[int, str] | None = None,
 ) -> Path:
     r"""Write an interactive, self-contained HTML report of ``result``.
 
@@ -240,6 +242,11 @@ def write_html_report(
             ``listen_top_percent`` % salient time-frequency bins (:func:`salient_audio`),
             cut to the word's salient region +- 0.25 s and played by its "listen" button.
             None leaves it out. Default: 10.0
+        contrast (SPESResult, optional): a contrastive explanation of the same tokens
+            (:class:`~captum_spes.impact.ContrastiveImpact`); its maps of the contrasted
+            positions are shown beside the plain ones. Default: None
+        contrast_foils (mapping, optional): contrasted position -> foil text, for the
+            panel's captions. Default: the positions whose contrastive map is not zero.
 
     Returns:
         *Path* of the written file.
@@ -290,6 +297,12 @@ def write_html_report(
     if waveform is not None and listen_top_percent is not None:
         listen = _listen_clips(result, waveform, sampling_rate, spans, listen_top_percent)
     page = _render(source, merged, spans, payload_json, waveform, sampling_rate, top_percent, title, listen)
+    if contrast is not None:
+        from captum_spes.visualization.contrast_panel import contrast_section
+
+        page = page.replace(
+            _METADATA_HEADING, contrast_section(result, contrast, _lut(), contrast_foils) + _METADATA_HEADING
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(target.name + ".partial")
     temporary.write_text(page, encoding="utf-8")
@@ -578,6 +591,8 @@ document.body.dataset.ready = "1";
 })();
 """
 
+_METADATA_HEADING = "<h2>Run metadata</h2>"
+
 _TEMPLATE = (
     "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
     "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -603,8 +618,7 @@ _TEMPLATE = (
     "<div id='taxis'>{time_ticks}</div><div id='align'></div>"
     "<p class='note'>Time in seconds; frequency axis on the Slaney mel scale, labelled in Hz. Grey: log-mel "
     "input; colour: saliency, each map scaled to its own range. Click the spectrogram to seek.</p>"
-    "<h2>Token map</h2>{token_map}"
-    "<h2>Run metadata</h2><table id='meta'>{metadata}</table>"
+    "<h2>Token map</h2>{token_map}" + _METADATA_HEADING + "<table id='meta'>{metadata}</table>"
     "<script type='application/json' id='spes-data'>{payload}</script>"
     "<script>" + _JS.replace("{", "{{").replace("}", "}}") + "</script>"
     "</body></html>\n"
