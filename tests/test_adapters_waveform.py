@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import ToySpeechModel
+from helpers import ToySpeechModel, bert_decoder_config, tiny_wav2vec2_bert
 from torch import Tensor, nn
 
 from captum_spes import SPES, SpeechSeq2SeqWrapper, TimeMasks, register_model_adapter
@@ -212,38 +212,6 @@ def tiny_moonshine(vocab_size: int = 40) -> nn.Module:
     return model
 
 
-def tiny_wav2vec2_bert() -> nn.Module:
-    from transformers import BertConfig, SpeechEncoderDecoderConfig, SpeechEncoderDecoderModel, Wav2Vec2Config
-
-    encoder = Wav2Vec2Config(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(8, 8),
-        conv_stride=(5, 4),
-        conv_kernel=(10, 4),
-        num_conv_pos_embeddings=4,
-        num_conv_pos_embedding_groups=2,
-    )
-    decoder = BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        is_decoder=True,
-        add_cross_attention=True,
-    )
-    torch.manual_seed(0)
-    model = SpeechEncoderDecoderModel(SpeechEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)).eval()
-    for config in (model.config, model.generation_config):
-        config.decoder_start_token_id = 1
-        config.eos_token_id = 2
-        config.pad_token_id = 0
-    return model
-
-
 def _attribute_batched(model: nn.Module, waveform: Tensor, adapter: WaveformAdapter | None = None, **kwargs: Any):
     """Results must not depend on perturbations_per_eval."""
     results = [
@@ -306,7 +274,7 @@ def test_waveform_floor_baseline_is_silence():
 
 
 def test_speech_encoder_decoder_log_mel_encoders_keep_their_layout():
-    from transformers import BertConfig, Speech2TextConfig, SpeechEncoderDecoderConfig, SpeechEncoderDecoderModel
+    from transformers import Speech2TextConfig, SpeechEncoderDecoderConfig, SpeechEncoderDecoderModel
 
     encoder = Speech2TextConfig(
         d_model=16,
@@ -317,16 +285,8 @@ def test_speech_encoder_decoder_log_mel_encoders_keep_their_layout():
         input_feat_per_channel=20,
         max_source_positions=100,
     )
-    decoder = BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        is_decoder=True,
-        add_cross_attention=True,
-    )
-    model = SpeechEncoderDecoderModel(SpeechEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder))
+    config = SpeechEncoderDecoderConfig.from_encoder_decoder_configs(encoder, bert_decoder_config())
+    model = SpeechEncoderDecoderModel(config)
     adapter = SpeechEncoderDecoderAdapter(model.eval())
     assert not adapter.reads_waveform and adapter.layout == "time_first" and adapter.frame_rate == 100.0
     assert isinstance(adapter.default_mask_family(), SLICMasks)

@@ -125,9 +125,13 @@ class SpeechLLMAdapter(ModelAdapter):
             )
         ids = _flat_ids(context_ids, "context_ids")
         placeholders = [i for i, token in enumerate(ids) if token == self.audio_token_id]
-        self._audio_inputs = {name: value for name, value in audio_inputs.items() if value is not None}
-        expected = self.num_audio_tokens()
-        if len(placeholders) != expected:
+        previous, self._audio_inputs = self._audio_inputs, {k: v for k, v in audio_inputs.items() if v is not None}
+        try:
+            expected = self.num_audio_tokens()
+        finally:
+            # A context refused below leaves the adapter as it was.
+            new_inputs, self._audio_inputs = self._audio_inputs, previous
+        if len(placeholders) != expected or not placeholders:
             raise ValueError(
                 f"context_ids holds {len(placeholders)} audio placeholders (id {self.audio_token_id}) but this "
                 f"utterance's audio fills {expected}; build the chat with the model's processor from the same audio"
@@ -141,7 +145,7 @@ class SpeechLLMAdapter(ModelAdapter):
                 "(apply_chat_template(..., add_generation_prompt=True))"
             )
         cut = last + 1 if self.prompt_in_token_map else len(ids) - 1
-        self._hidden_ids, self._prompt_ids = ids[:cut], ids[cut:]
+        self._hidden_ids, self._prompt_ids, self._audio_inputs = ids[:cut], ids[cut:], new_inputs
 
     @property
     def hidden_ids(self) -> list[int]:
