@@ -10,7 +10,10 @@ generated token with SPES and writes, into ``--out``:
 * ``words.png``: one spectrogram saliency map per word;
 * ``token_map.png``: the token-to-token saliency map;
 * ``report.html``: a self-contained interactive page with the audio player;
-* ``listen/word_XX_<word>.wav`` (``--listen``): each word's top 10 % salient audio.
+* ``listen/word_XX_<word>.wav`` (``--listen``): each word's top 10 % salient audio;
+* ``contrastive.safetensors`` (``--contrast POSITION_OR_WORD:FOIL``, repeatable): a second
+  explanation with :class:`~captum_spes.impact.ContrastiveImpact` (the log-probability margin
+  of the explained token over the foil), shown beside the plain maps in ``report.html``.
 
 Documented decisions:
 

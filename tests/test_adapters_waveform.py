@@ -291,3 +291,33 @@ def test_speech_encoder_decoder_log_mel_encoders_keep_their_layout():
     assert not adapter.reads_waveform and adapter.layout == "time_first" and adapter.frame_rate == 100.0
     assert isinstance(adapter.default_mask_family(), SLICMasks)
     assert adapter.utterance_layout(torch.zeros(1, 40, 20)).name == "time_first"
+
+
+class _WaveformProcessor:
+    """Moonshine's feature extractor (raw samples, no normalisation) and the word tokenizer."""
+
+    def __init__(self) -> None:
+        from helpers import WordTokenizer
+        from transformers import Wav2Vec2FeatureExtractor
+
+        self.feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, do_normalize=False)
+        self.tokenizer = WordTokenizer()
+
+    def __call__(self, audio: Any, **kwargs: Any) -> Any:
+        return self.feature_extractor(audio, **kwargs)
+
+
+def test_cli_explains_a_tiny_moonshine_in_the_stft_domain(tmp_path, monkeypatch, capsys):
+    import soundfile as sf
+
+    from captum_spes import SPESResult, cli
+
+    monkeypatch.setitem(cli.MODEL_FACTORIES, "tiny-moonshine", lambda device: (tiny_moonshine(), _WaveformProcessor()))
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, tone_bursts()[0].numpy(), SR)
+    out = tmp_path / "out"
+    args = ["explain", str(clip), "--model", "tiny-moonshine", "--n-masks", "4", "--batch-size", "2", "--out", str(out)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    result = SPESResult.load(out / "explanation.safetensors")
+    assert result.spectrogram_attr.shape[1:] == (201, 61) and result.frame_rate == 100.0
+    assert (out / "report.html").is_file() and (out / "overview.png").is_file()
