@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 r"""captum-spes: SPES token-level explanations of speech-to-text models, as a Captum method."""
 
+from captum_spes._core.coarse_to_fine import CoarseToFine
 from captum_spes._core.estimators import (
     ESTIMATORS,
     Estimate,
@@ -29,6 +30,7 @@ from captum_spes.adapters import (
     register_model_adapter,
 )
 from captum_spes.comparison import ComparisonReport, compare
+from captum_spes.errors import InputError
 from captum_spes.impact import (
     IMPACT_MEASURES,
     Contrast,
@@ -60,6 +62,7 @@ __all__ = [
     "Estimator",
     "Estimate",
     "ReferenceEstimator",
+    "CoarseToFine",
     "ESTIMATORS",
     "register_estimator",
     "MaskFamily",
@@ -94,5 +97,6 @@ __all__ = [
     "normalize_reference",
     "compare",
     "ComparisonReport",
+    "InputError",
     "__version__",
 ]

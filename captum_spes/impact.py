@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from captum_spes.errors import InputError, InputTypeError
+
 __all__ = [
     "ImpactMeasure",
     "kl_divergence",
@@ -154,16 +156,16 @@ class ContrastiveImpact:
 
     def __init__(self, contrasts: Mapping[int, int] | Sequence[Contrast], kind: str = "margin") -> None:
         if kind not in CONTRASTIVE_KINDS:
-            raise ValueError(f"kind must be one of {sorted(CONTRASTIVE_KINDS)}, got {kind!r}")
+            raise InputError(f"kind must be one of {sorted(CONTRASTIVE_KINDS)}, got {kind!r}")
         items = (
             [Contrast(int(p), int(f)) for p, f in contrasts.items()] if isinstance(contrasts, Mapping) else contrasts
         )
         items = list(items)
         if not items or not all(isinstance(c, Contrast) for c in items):
-            raise ValueError("contrasts must be a non-empty {position: foil_id} mapping or a list of Contrast")
+            raise InputError("contrasts must be a non-empty {position: foil_id} mapping or a list of Contrast")
         positions = [c.position for c in items]
         if len(set(positions)) != len(positions) or min(positions) < 0:
-            raise ValueError(f"contrasted positions must be distinct non-negative ints, got {positions}")
+            raise InputError(f"contrasted positions must be distinct non-negative ints, got {positions}")
         self.contrasts = tuple(items)
         self.kind = kind
         self.__name__ = f"contrastive_{kind}[" + ",".join(f"{c.position}:{c.foil_id}" for c in items) + "]"
@@ -187,13 +189,13 @@ class ContrastiveImpact:
         """Raise a clear error if a contrast does not fit the explained tokens."""
         for c in self.contrasts:
             if c.position >= len(target_ids):
-                raise ValueError(
+                raise InputError(
                     f"contrasted position {c.position} is past the explained tokens (0 .. {len(target_ids) - 1})"
                 )
             if not 0 <= c.foil_id < vocab_size:
-                raise ValueError(f"foil id {c.foil_id} is not in the vocabulary (size {vocab_size})")
+                raise InputError(f"foil id {c.foil_id} is not in the vocabulary (size {vocab_size})")
             if int(target_ids[c.position]) == c.foil_id:
-                raise ValueError(f"the foil at position {c.position} is the explained token itself (id {c.foil_id})")
+                raise InputError(f"the foil at position {c.position} is the explained token itself (id {c.foil_id})")
 
     def __call__(self, clean_log_probs: Tensor, perturbed_log_probs: Tensor, target_ids: Tensor) -> Tensor:
         r"""Scores ``(batch, num_targets)``, 0 at positions that are not contrasted."""
@@ -222,7 +224,7 @@ class ContrastiveImpact:
             kind (str, optional): see :data:`CONTRASTIVE_KINDS`.
         """
         if tokenizer is None:
-            raise ValueError("contrasts written as text need a tokenizer: pass processor= to the wrapper")
+            raise InputError("contrasts written as text need a tokenizer: pass processor= to the wrapper")
         contrasts = [_parse_contrast(hypothesis, spec, tokenizer) for spec in specs]
         return cls(contrasts, kind)
 
@@ -231,26 +233,26 @@ def _parse_contrast(hypothesis: Any, spec: str, tokenizer: Any) -> Contrast:
     where, colon, foil = spec.partition(":")
     where, foil = where.strip(), foil.strip()
     if not colon or not where or not foil:
-        raise ValueError(f"a contrast is written POSITION_OR_WORD:FOIL (e.g. 'he:she' or '0:she'), got {spec!r}")
+        raise InputError(f"a contrast is written POSITION_OR_WORD:FOIL (e.g. 'he:she' or '0:she'), got {spec!r}")
     pieces = [t.strip() for t in hypothesis.tokens]
     if where.isdigit():
         position = int(where)
         if position >= len(pieces):
-            raise ValueError(
+            raise InputError(
                 f"contrast {spec!r}: position {position} is past the explained tokens (0 .. {len(pieces) - 1})"
             )
     elif where in pieces:
         position = pieces.index(where)
     else:
-        raise ValueError(f"contrast {spec!r}: no explained token is {where!r}; the tokens are {pieces}")
+        raise InputError(f"contrast {spec!r}: no explained token is {where!r}; the tokens are {pieces}")
     leading = hypothesis.tokens[position][
         : len(hypothesis.tokens[position]) - len(hypothesis.tokens[position].lstrip())
     ]
     ids = [int(i) for i in tokenizer(leading + foil, add_special_tokens=False)["input_ids"]]
     if not ids:
-        raise ValueError(f"contrast {spec!r}: the tokenizer turns the foil {foil!r} into no token")
+        raise InputError(f"contrast {spec!r}: the tokenizer turns the foil {foil!r} into no token")
     if ids[0] == hypothesis.target_ids[position]:
-        raise ValueError(
+        raise InputError(
             f"contrast {spec!r}: the foil starts with the explained token itself ({hypothesis.tokens[position]!r}); "
             "contrast at the position where the two words differ"
         )
@@ -260,9 +262,9 @@ def _parse_contrast(hypothesis: Any, spec: str, tokenizer: Any) -> Contrast:
 def register_impact_measure(name: str, measure: ImpactMeasure) -> None:
     """Make ``impact=name`` use ``measure(clean_log_probs, perturbed_log_probs, target_ids)``."""
     if not isinstance(name, str) or not name:
-        raise ValueError("name must be a non-empty string")
+        raise InputError("name must be a non-empty string")
     if not callable(measure):
-        raise TypeError("measure must be callable")
+        raise InputTypeError("measure must be callable")
     IMPACT_MEASURES[name] = measure
 
 
@@ -273,11 +275,11 @@ def resolve_impact_measure(impact: str | ImpactMeasure) -> ImpactMeasure:
     if isinstance(impact, str) and impact in IMPACT_MEASURES:
         return IMPACT_MEASURES[impact]
     if isinstance(impact, str) and impact.startswith("contrastive"):
-        raise ValueError(
+        raise InputError(
             f"impact={impact!r}: a contrastive measure needs the foil of each position; pass "
             "impact=ContrastiveImpact({position: foil_id}, kind='margin' or 'ratio')"
         )
-    raise ValueError(
+    raise InputError(
         f"impact={impact!r} is not a registered impact measure; choose one of "
         f"{sorted(IMPACT_MEASURES)} or pass a callable "
         "(clean_log_probs, perturbed_log_probs, target_ids) -> (batch, num_targets)"

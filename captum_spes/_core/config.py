@@ -18,6 +18,7 @@ from typing import Any
 from captum_spes._core.estimators import Estimator, resolve_estimator
 from captum_spes._utils.adaptive import AdaptiveMasks
 from captum_spes._utils.sampling import split_masks_across_levels
+from captum_spes.errors import InputError, InputTypeError
 from captum_spes.impact import ImpactMeasure, resolve_impact_measure
 from captum_spes.masks import MaskFamily, MaskLevel, resolve_mask_family
 
@@ -41,14 +42,14 @@ def library_versions() -> dict[str, str]:
 def check_probability(value: Any, name: str) -> float:
     """``value`` as a float strictly between 0 and 1, or a clear error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name} must be a probability strictly between 0 and 1, got {value!r}")
+        raise InputError(f"{name} must be a probability strictly between 0 and 1, got {value!r}")
     return float(value)
 
 
 def check_positive_int(value: Any, name: str) -> int:
     """``value`` if it is a positive int, or a clear error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InputError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
@@ -96,7 +97,7 @@ class SPESConfig:
         if token_p is None:
             _refuse_token_options(token_masks, n_token_masks, perturb_prompt)
         elif token_p == 0:
-            raise ValueError(
+            raise InputError(
                 "token_p=0 would return an all-zero token map; pass token_p=None to skip "
                 "the token map, or a probability in (0, 1) such as 0.5"
             )
@@ -104,15 +105,15 @@ class SPESConfig:
             token_p = check_probability(token_p, "token_p")
             token_masks = "decoupled" if token_masks is None else token_masks
             if token_masks not in TOKEN_MASK_MODES:
-                raise ValueError(f"token_masks must be one of {TOKEN_MASK_MODES}, got {token_masks!r}")
+                raise InputError(f"token_masks must be one of {TOKEN_MASK_MODES}, got {token_masks!r}")
             if token_masks == "joint" and n_token_masks is not None:
-                raise ValueError("n_token_masks applies to token_masks='decoupled' only; joint masks share n_masks")
+                raise InputError("n_token_masks applies to token_masks='decoupled' only; joint masks share n_masks")
             if n_token_masks is not None:
                 check_positive_int(n_token_masks, "n_token_masks")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+            raise InputError(f"seed must be a non-negative int, got {seed!r}")
         if perturb_prompt is not None and not isinstance(perturb_prompt, bool):
-            raise TypeError(f"perturb_prompt must be True or False, got {perturb_prompt!r}")
+            raise InputTypeError(f"perturb_prompt must be True or False, got {perturb_prompt!r}")
         family = default_family if feature_mask is None and default_family is not None else None
         return cls(
             n_masks=fixed,
@@ -143,7 +144,7 @@ class SPESConfig:
             return split_masks_across_levels(self.n_masks, num_levels)
         counts = list(self.n_masks)
         if len(counts) != num_levels:
-            raise ValueError(
+            raise InputError(
                 f"n_masks as a list needs one positive int per mask level ({num_levels} levels), got {counts}"
             )
         return counts
@@ -187,18 +188,20 @@ def _resolve_n_masks(
         return n_masks, None
     if isinstance(n_masks, str):
         if n_masks != "auto":
-            raise ValueError(f'n_masks must be an int, a list of ints, "auto" or AdaptiveMasks, got {n_masks!r}')
+            raise InputError(f'n_masks must be an int, a list of ints, "auto" or AdaptiveMasks, got {n_masks!r}')
         return AdaptiveMasks(), None
     if isinstance(n_masks, bool):
-        raise ValueError(f"n_masks must be an int or a list of ints, got {n_masks!r}")
+        raise InputError(f"n_masks must be an int or a list of ints, got {n_masks!r}")
     if isinstance(n_masks, int):
         return None, check_positive_int(n_masks, "n_masks")
     if isinstance(n_masks, Sequence):
         counts = tuple(n_masks)
         if not counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
-            raise ValueError(f"n_masks as a list needs positive ints (one per mask level), got {list(counts)}")
+            raise InputError(f"n_masks as a list needs one positive int per mask level, got {list(counts)}")
         return None, counts
-    raise TypeError(f'n_masks must be an int, a list of ints, "auto" or AdaptiveMasks, got {type(n_masks).__name__}')
+    raise InputTypeError(
+        f'n_masks must be an int, a list of ints, "auto" or AdaptiveMasks, got {type(n_masks).__name__}'
+    )
 
 
 def _refuse_token_options(token_masks: str | None, n_token_masks: int | None, perturb_prompt: bool | None) -> None:
@@ -212,7 +215,7 @@ def _refuse_token_options(token_masks: str | None, n_token_masks: int | None, pe
         if value is not None
     ]
     if given:
-        raise ValueError(
+        raise InputError(
             f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} the token map, but token_p=None turns "
             "it off; remove them, or pass token_p=0.5 to compute a token map"
         )

@@ -25,14 +25,21 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from captum_spes.errors import InputError, InputTypeError
+
+if TYPE_CHECKING:
+    from captum_spes._core.utterance import Utterance
+    from captum_spes.masks import MaskLevel
+
 __all__ = [
+    "MaskStage",
     "Estimate",
     "Estimator",
     "ReferenceEstimator",
@@ -41,6 +48,28 @@ __all__ = [
     "resolve_estimator",
     "units_of",
 ]
+
+
+@dataclass(frozen=True)
+class MaskStage:
+    r"""One block of masks of an estimator's own design (:meth:`Estimator.plan`).
+
+    Attributes:
+        level (int): the estimator level the masks are added under.
+        labels (Tensor): long ``(n_mels, n_frames)`` segment ids of this stage.
+        num_segments (int): segments in ``labels``.
+        n_masks (int): masks to draw.
+        probabilities (Tensor or None): occlusion probability per segment ``(num_segments,)``
+            (0 = never occluded), or None for the run's ``p`` everywhere.
+        name (str): what the stage is for, e.g. "coarse" or "refine".
+    """
+
+    level: int
+    labels: Tensor
+    num_segments: int
+    n_masks: int
+    probabilities: Tensor | None = None
+    name: str = ""
 
 
 @dataclass
@@ -121,6 +150,7 @@ class Estimator(ABC):
         bound.segments_per_level = [int(n) for n in segments_per_level]
         bound.device = torch.device(device)
         bound._allocate()
+        bound._bound = True
         return bound
 
     def empty_like(self) -> Estimator:
@@ -166,8 +196,20 @@ class Estimator(ABC):
         """The (unbound) estimator of the token map; by default one with the same settings."""
         return copy.copy(self)
 
+    def plan(
+        self, utterance: Utterance, levels: Sequence[MaskLevel], n_masks: int, p: float
+    ) -> Iterator[MaskStage] | None:
+        r"""The masks to draw, for estimators that choose their own design; None (the default)
+        draws ``n_masks`` masks over the mask family's ``levels`` in consecutive blocks.
+
+        A design is a generator of :class:`MaskStage`: SPES runs each stage's masks (adding
+        them to this estimator under the stage's ``level`` index) before asking for the next,
+        so a later stage can depend on what the earlier ones found.
+        """
+        return None
+
     def _check_bound(self) -> None:
-        if not self.segments_per_level:
+        if not getattr(self, "_bound", False):
             raise RuntimeError(f"{type(self).__name__} is not bound to an utterance: call bind() first")
 
 
@@ -195,6 +237,19 @@ class ReferenceEstimator(Estimator):
         self.total_sq = [zeros(k, dtype=f64, device=dev) for _ in self.segments_per_level]
         self.total_count = [zeros((), dtype=f64, device=dev) for _ in self.segments_per_level]
 
+    def add_level(self, num_segments: int) -> int:
+        """Append a zeroed level of ``num_segments`` segments; returns its index."""
+        self._check_bound()
+        k, dev, f64 = self.num_targets, self.device, torch.float64
+        self.segments_per_level.append(int(num_segments))
+        self.occluded_sum.append(torch.zeros(k, num_segments, dtype=f64, device=dev))
+        self.occluded_sq.append(torch.zeros(k, num_segments, dtype=f64, device=dev))
+        self.occluded_count.append(torch.zeros(num_segments, dtype=f64, device=dev))
+        self.total_sum.append(torch.zeros(k, dtype=f64, device=dev))
+        self.total_sq.append(torch.zeros(k, dtype=f64, device=dev))
+        self.total_count.append(torch.zeros((), dtype=f64, device=dev))
+        return len(self.segments_per_level) - 1
+
     def add(self, level: int, scores: Tensor, occluded: Tensor) -> None:
         self._check_bound()
         flags = occluded.to(device=self.device, dtype=torch.float64)
@@ -218,7 +273,7 @@ class ReferenceEstimator(Estimator):
 
     def merge(self, other: Estimator) -> None:
         if not isinstance(other, ReferenceEstimator) or other.segments_per_level != self.segments_per_level:
-            raise ValueError("can only merge an estimator of the same kind bound to the same levels")
+            raise InputError("can only merge an estimator of the same kind bound to the same levels")
         for mine, theirs in zip(self._sums(), other._sums()):
             for a, b in zip(mine, theirs):
                 a += b
@@ -253,10 +308,31 @@ class ReferenceEstimator(Estimator):
             "sq_kept": sq_kept,
         }
 
+    def level_statistics(self, level: int) -> dict[str, Tensor]:
+        r"""Per segment of one level alone: the occluded-minus-kept mean impact, its standard
+        error, Welch's z and the occlusion counts, each ``(num_targets, num_segments)``
+        (counts ``(num_segments,)``)."""
+        self._check_bound()
+        n_occ = self.occluded_count[level]
+        n_kept = self.total_count[level] - n_occ
+        mean_occ, var_occ = mean_and_variance(self.occluded_sum[level], self.occluded_sq[level], n_occ)
+        mean_kept, var_kept = mean_and_variance(
+            self.total_sum[level][:, None] - self.occluded_sum[level],
+            self.total_sq[level][:, None] - self.occluded_sq[level],
+            n_kept,
+        )
+        effect = mean_occ - mean_kept
+        return {
+            "effect": effect,
+            "standard_error": (var_occ / n_occ + var_kept / n_kept).sqrt(),
+            "z": welch_z(effect, var_occ, n_occ, var_kept, n_kept),
+            "occluded": n_occ,
+        }
+
     def finalize(self, labels: Sequence[Tensor]) -> Estimate:
         self._check_bound()
         if len(labels) != len(self.segments_per_level):
-            raise ValueError(f"expected {len(self.segments_per_level)} label maps (one per level), got {len(labels)}")
+            raise InputError(f"expected {len(self.segments_per_level)} label maps (one per level), got {len(labels)}")
         units, unit_segments = units_of([lv.to(self.device) for lv in labels])
         st = self.unit_statistics(unit_segments)
         mean_occ, var_occ = mean_and_variance(st["sum_occ"], st["sq_occ"], st["n_occ"])
@@ -308,9 +384,9 @@ ESTIMATORS: dict[str, Callable[[], Estimator]] = {
 def register_estimator(name: str, factory: Callable[[], Estimator]) -> None:
     """Make ``estimator=name`` use ``factory()`` (an :class:`Estimator` with its settings)."""
     if not isinstance(name, str) or not name:
-        raise ValueError("name must be a non-empty string")
+        raise InputError("name must be a non-empty string")
     if not callable(factory):
-        raise TypeError("factory must be callable and return an Estimator")
+        raise InputTypeError("factory must be callable and return an Estimator")
     ESTIMATORS[name] = factory
 
 
@@ -320,7 +396,7 @@ def resolve_estimator(estimator: str | Estimator) -> Estimator:
         return estimator
     if isinstance(estimator, str) and estimator in ESTIMATORS:
         return ESTIMATORS[estimator]()
-    raise ValueError(
+    raise InputError(
         f"estimator={estimator!r} is not a registered estimator; choose one of {sorted(ESTIMATORS)} "
         "or pass an Estimator instance"
     )

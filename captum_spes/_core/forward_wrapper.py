@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_spes.adapters import ModelAdapter, get_model_adapter
+from captum_spes.errors import InputError
 
 __all__ = ["Hypothesis", "SpeechSeq2SeqWrapper"]
 
@@ -188,7 +189,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
         else:
             if isinstance(target, str):
                 if self.tokenizer is None:
-                    raise ValueError(
+                    raise InputError(
                         "target is text but the wrapper has no tokenizer: pass processor= when "
                         "building SpeechSeq2SeqWrapper, or give token ids"
                     )
@@ -197,7 +198,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
             else:
                 values = target.tolist() if isinstance(target, Tensor) else list(target)
                 if any(isinstance(v, list) for v in values):
-                    raise ValueError("target ids must be a flat sequence of ints for one utterance")
+                    raise InputError("target ids must be a flat sequence of ints for one utterance")
                 token_ids = [int(v) for v in values]
                 source = "ids"
             prompt = (
@@ -205,12 +206,12 @@ class SpeechSeq2SeqWrapper(nn.Module):
             )
             hypothesis = self._build(prompt, token_ids, eos, source)
         if not hypothesis.token_ids:
-            raise ValueError(
+            raise InputError(
                 "the hypothesis is empty (the model generated no token before its end token): "
                 "there is nothing to explain; pass target= with a text or token ids to explain"
             )
         if not hypothesis.prompt_ids:
-            raise ValueError("prompt_ids must hold at least the decoder start token")
+            raise InputError("prompt_ids must hold at least the decoder start token")
         self._hypothesis = hypothesis
         self._decoder_input_ids = torch.tensor([hypothesis.decoder_input_ids], dtype=torch.long)
         return hypothesis
@@ -245,7 +246,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
             or token_keep_mask.shape[-1] != width
             or token_keep_mask.shape[0] not in (1, batch)
         ):
-            raise ValueError(
+            raise InputError(
                 f"token_keep_mask must have shape (batch, {width}) or ({width},) with 1 where a "
                 f"decoder input is kept; got {tuple(token_keep_mask.shape)}"
             )

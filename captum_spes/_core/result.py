@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from captum_spes._utils.files import refuse_overwrite
+from captum_spes._utils.files import atomic_write, refuse_overwrite
+from captum_spes.errors import InputError
 from captum_spes.normalizers import NORMALIZERS
 from captum_spes.statistics import p_values, significant
 
@@ -46,7 +47,7 @@ def _reduce(values: Tensor, dim: int, how: str) -> Tensor:
         return values.mean(dim=dim)
     if how == "sum":
         return values.sum(dim=dim)
-    raise ValueError(f"reduce must be one of {_REDUCTIONS}, got {how!r}")
+    raise InputError(f"reduce must be one of {_REDUCTIONS}, got {how!r}")
 
 
 def _merge_z(z: Tensor, rows: list[list[int]], columns: list[list[int]] | None = None) -> Tensor:
@@ -199,11 +200,16 @@ class SPESResult:
         return (self.unit_occluded > 0)[self.units]
 
     # ----- uncertainty --------------------------------------------------------------
-    def _require_uncertainty(self) -> None:
-        if self.units is None or self.spectrogram_se is None or self.spectrogram_z is None:
-            raise ValueError(
+    def _require_uncertainty(self, standard_error: bool = False) -> None:
+        if self.units is None or self.spectrogram_z is None:
+            raise InputError(
                 "this result holds no uncertainty (made before captum-spes 0.2 or by another method); "
                 "recompute it with SPES.attribute"
+            )
+        if standard_error and self.spectrogram_se is None:
+            raise InputError(
+                "this result's standard errors were dropped by normalize() or to_words() (they are in the raw "
+                "map's units); read them from the result SPES.attribute returned"
             )
 
     @property
@@ -216,7 +222,7 @@ class SPESResult:
     @property
     def standard_error(self) -> Tensor:
         """Standard error of every element's attribution, ``(num_tokens, n_mels, n_frames)``."""
-        self._require_uncertainty()
+        self._require_uncertainty(standard_error=True)
         assert self.spectrogram_se is not None and self.units is not None
         return self.spectrogram_se[:, self.units]
 
@@ -254,10 +260,10 @@ class SPESResult:
             return significant(self.spectrogram_z, alpha, correction, tail)[:, self.units]
         if of == "tokens":
             if self.token_z is None:
-                raise ValueError("this result has no token-map statistics (token_p=None, or an old result)")
+                raise InputError("this result has no token-map statistics (token_p=None, or an old result)")
             z = torch.where(self.token_valid_mask(), self.token_z, torch.full_like(self.token_z, float("nan")))
             return significant(z, alpha, correction, tail)
-        raise ValueError(f'of must be "spectrogram" or "tokens", got {of!r}')
+        raise InputError(f'of must be "spectrogram" or "tokens", got {of!r}')
 
     # ----- transformations ----------------------------------------------------------
     def normalize(self, method: str = "reference") -> SPESResult:
@@ -269,7 +275,7 @@ class SPESResult:
                 Default: "reference"
         """
         if method not in NORMALIZERS:
-            raise ValueError(f"method must be one of {sorted(NORMALIZERS)}, got {method!r}")
+            raise InputError(f"method must be one of {sorted(NORMALIZERS)}, got {method!r}")
         spec, tok = NORMALIZERS[method](
             self.spectrogram_attr,
             self.token_attr,
@@ -370,7 +376,7 @@ class SPESResult:
         Captum method would return them for a ``(1, n_mels, total_frames)`` input."""
         total = total_frames or int(self.metadata.get("input_frames", self.n_frames))
         if total < self.n_frames:
-            raise ValueError(f"total_frames must be >= n_frames ({self.n_frames}), got {total}")
+            raise InputError(f"total_frames must be >= n_frames ({self.n_frames}), got {total}")
         out = self.spectrogram_attr.new_zeros(self.num_tokens, self.n_mels, total)
         out[..., : self.n_frames] = self.spectrogram_attr
         return out
@@ -409,18 +415,16 @@ class SPESResult:
             "text": self.text,
             "metadata": self.metadata,
         }
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(target.name + ".partial")
-        save_file(
-            tensors,
-            str(temporary),
-            metadata={
-                "format": _FORMAT,
-                "format_version": str(_FORMAT_VERSION),
-                "fields": json.dumps(fields, ensure_ascii=False),
-            },
-        )
-        os.replace(temporary, target)
+        with atomic_write(target) as temporary:
+            save_file(
+                tensors,
+                str(temporary),
+                metadata={
+                    "format": _FORMAT,
+                    "format_version": str(_FORMAT_VERSION),
+                    "fields": json.dumps(fields, ensure_ascii=False),
+                },
+            )
         return target
 
     @classmethod
@@ -434,10 +438,10 @@ class SPESResult:
         with safe_open(str(source), framework="pt") as handle:
             header = handle.metadata() or {}
             if header.get("format") != _FORMAT:
-                raise ValueError(f"{source} is not a captum-spes result file")
+                raise InputError(f"{source} is not a captum-spes result file")
             version = int(header.get("format_version", "0"))
             if version > _FORMAT_VERSION:
-                raise ValueError(
+                raise InputError(
                     f"{source} has format version {version}; this captum-spes reads up to "
                     f"{_FORMAT_VERSION}: upgrade captum-spes"
                 )

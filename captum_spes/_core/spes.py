@@ -3,8 +3,9 @@ r"""SPES: Spectrogram Perturbation for Explainable Speech-to-text Generation."""
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +16,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from captum_spes._core.config import SPESConfig
-from captum_spes._core.estimators import Estimate, Estimator
+from captum_spes._core.estimators import Estimate, Estimator, MaskStage
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper, TargetType
 from captum_spes._core.result import SPESResult
 from captum_spes._core.utterance import Utterance
 from captum_spes._utils.adaptive import AdaptiveMasks, run_adaptive
 from captum_spes._utils.baselines import BaselineSpec
 from captum_spes._utils.sampling import MaskBatch, MaskSampler
+from captum_spes.errors import InputError, InputTypeError
 from captum_spes.impact import ImpactMeasure
 from captum_spes.masks import MaskFamily, MaskLevel
 
@@ -80,7 +82,7 @@ class SPES(PerturbationAttribution):
 
     def __init__(self, forward_func: SpeechSeq2SeqWrapper) -> None:
         if not isinstance(forward_func, SpeechSeq2SeqWrapper):
-            raise TypeError(
+            raise InputTypeError(
                 "SPES needs a SpeechSeq2SeqWrapper as forward_func (it owns the hypothesis and "
                 f"the token masks); got {type(forward_func).__name__}. Wrap the model: "
                 "SPES(SpeechSeq2SeqWrapper(model, processor))"
@@ -207,12 +209,12 @@ class SPES(PerturbationAttribution):
         """
         started = time.perf_counter()
         if additional_forward_args is not None:
-            raise ValueError(
+            raise InputError(
                 "additional_forward_args is not supported by SPES: the wrapper's only extra "
                 "argument is the token keep-mask, which SPES draws itself"
             )
         if utterance_id is not None and not isinstance(utterance_id, str):
-            raise TypeError(f"utterance_id must be a str, got {type(utterance_id).__name__}")
+            raise InputTypeError(f"utterance_id must be a str, got {type(utterance_id).__name__}")
         config = SPESConfig.from_arguments(
             n_masks=n_masks,
             p=p,
@@ -239,6 +241,7 @@ class SPES(PerturbationAttribution):
         run.bar.close()
         metadata = {
             **config.metadata(levels=levels, masks_per_level=masks_per_level, token_passes=token_passes),
+            "estimator": {**config.estimator.config(), **spectrogram.info},
             **self._run_metadata(utterance, hypothesis, spectrogram),
             "adaptive": adaptive_info,
             "utterance_id": utterance_id,
@@ -259,7 +262,7 @@ class SPES(PerturbationAttribution):
     ) -> Utterance:
         if isinstance(inputs, tuple):
             if len(inputs) != 1:
-                raise ValueError(f"SPES takes one input tensor (the acoustic features), got a tuple of {len(inputs)}")
+                raise InputError(f"SPES takes one input tensor (the acoustic features), got a tuple of {len(inputs)}")
             inputs = inputs[0]
         adapter = self.wrapper.adapter
         adapter.check_eval_mode()
@@ -279,7 +282,7 @@ class SPES(PerturbationAttribution):
             or isinstance(target, (int, tuple))
             or (isinstance(target, Tensor) and target.dim() == 0)
         ):
-            raise ValueError(
+            raise InputError(
                 f"target={target!r} looks like a Captum output index, which SPES does not take: SPES "
                 "explains every position of the hypothesis in one run. To explain a hypothesis given "
                 "as token ids, pass them as a list (target=[2, 1]); to read the explanation of "
@@ -288,7 +291,7 @@ class SPES(PerturbationAttribution):
         if isinstance(target, Hypothesis):
             given = [n for n, v in (("prompt_ids", prompt_ids), ("generate_kwargs", generate_kwargs)) if v]
             if given:
-                raise ValueError(
+                raise InputError(
                     f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} ignored when target is a "
                     "Hypothesis (it already fixes the prompt and the tokens); remove them, or pass the "
                     "target as text or ids"
@@ -345,19 +348,66 @@ class SPES(PerturbationAttribution):
         token_estimator = self._token_estimator(run, config) if config.token_masks == "joint" else None
         run.joint_tokens = token_estimator
         adaptive_info = None
-        if config.adaptive is None:
+        budget = config.adaptive.max_masks if config.adaptive else sum(config.masks_per_level(len(levels)))
+        design = estimator.plan(run.utterance, levels, budget, config.p)
+        if design is not None:
+            masks_per_level = self._run_design(design, estimator, run, config, levels)
+        elif config.adaptive is None:
             masks_per_level = config.masks_per_level(len(levels))
-            self._run_masks(sampler(masks_per_level), estimator, self._spectrogram_pass(run), run, token_estimator)
+            self._run_masks(
+                sampler(masks_per_level), estimator, self._spectrogram_pass(run, run.labels), run, token_estimator
+            )
         else:
             masks_per_level, adaptive_info = run_adaptive(
                 config.adaptive,
                 estimator,
                 run.labels,
                 lambda per_level, index, half: self._run_masks(
-                    sampler(per_level, index), half, self._spectrogram_pass(run), run, token_estimator
+                    sampler(per_level, index), half, self._spectrogram_pass(run, run.labels), run, token_estimator
                 ),
             )
         return estimator.finalize(run.labels), masks_per_level, adaptive_info
+
+    def _run_design(
+        self, design: Iterator[MaskStage], estimator: Estimator, run: _Run, config: SPESConfig, levels: list[MaskLevel]
+    ) -> list[int]:
+        """Run an estimator's own design stage by stage; the stages replace ``levels`` (in
+        place, for the metadata) and ``run.labels`` (for the map)."""
+        name = config.estimator.name
+        if config.adaptive is not None:
+            raise InputError(
+                f'estimator="{name}" chooses its own masks and takes a fixed budget: pass n_masks=<int>, not "auto" '
+                '(or use estimator="reference" with n_masks="auto")'
+            )
+        if config.token_masks == "joint":
+            raise InputError(
+                f'estimator="{name}" draws spectrogram masks in stages; token_masks="joint" is not supported with it: '
+                'use token_masks="decoupled" (the default) or estimator="reference"'
+            )
+        num_inputs = len(run.hypothesis.decoder_input_ids)
+        stage_levels: list[MaskLevel] = []
+        run.labels = []
+        masks = []
+        for stage in design:
+            if stage.level != len(run.labels):
+                raise RuntimeError(f"{type(estimator).__name__}.plan yielded level {stage.level} out of order")
+            run.labels.append(stage.labels.to(run.utterance.device))
+            stage_levels.append(MaskLevel(stage.labels, stage.num_segments, None))
+            sampler = MaskSampler(
+                [stage.num_segments],
+                [stage.n_masks],
+                config.p,
+                None,
+                num_inputs,
+                config.seed,
+                run.token_maskable,
+                probabilities=[stage.probabilities],
+                stage=stage.level,
+            )
+            self._run_masks(sampler, estimator, self._spectrogram_pass(run, run.labels[-1:]), run, level=stage.level)
+            masks.append(stage.n_masks)
+        levels[:] = stage_levels
+        return masks
 
     def _attribute_tokens(self, run: _Run, config: SPESConfig, spectrogram_masks: int) -> tuple[Estimate | None, int]:
         """The token map: decoder-only passes on the cached encoder output, or the joint
@@ -394,13 +444,15 @@ class SPES(PerturbationAttribution):
         score: PassFn,
         run: _Run,
         token_estimator: Estimator | None = None,
+        level: int = 0,
     ) -> None:
-        """The loop every spectrogram pass goes through: score a batch, feed the estimators."""
+        """The loop every spectrogram pass goes through: score a batch, feed the estimators
+        (the sampler's level ``i`` is the estimator's level ``level + i``)."""
         device = run.utterance.device
         for batch in sampler.batches(run.per_eval):
             scores = _checked_scores(score(batch), batch.size)
-            for level, rows, occluded in batch.level_rows:
-                estimator.add(level, scores[rows.to(device)], occluded.to(device))
+            for index, rows, occluded in batch.level_rows:
+                estimator.add(level + index, scores[rows.to(device)], occluded.to(device))
             if token_estimator is not None and batch.token_occluded is not None:
                 token_estimator.add(0, scores, batch.token_occluded.to(device))
             run.bar.update(batch.size)
@@ -410,15 +462,16 @@ class SPES(PerturbationAttribution):
         """Occluded elements take the baseline: ``(batch, n_mels, n_frames)``."""
         return torch.where(occluded, baseline.to(speech.dtype), speech)
 
-    def _spectrogram_pass(self, run: _Run) -> PassFn:
-        """One forward over a batch of spectrogram masks; impacts ``(batch, num_tokens)``."""
+    def _spectrogram_pass(self, run: _Run, labels: list[Tensor]) -> PassFn:
+        """One forward over a batch of spectrogram masks whose level ``i`` segments the
+        speech by ``labels[i]``; impacts ``(batch, num_tokens)``."""
         utterance = run.utterance
 
         def score(batch: MaskBatch) -> Tensor:
             speech = utterance.speech
             occluded = torch.empty(batch.size, *speech.shape, dtype=torch.bool, device=speech.device)
             for level, rows, flags in batch.level_rows:
-                occluded[rows.to(speech.device)] = flags.to(speech.device)[:, run.labels[level]]
+                occluded[rows.to(speech.device)] = flags.to(speech.device)[:, labels[level]]
             canonical = utterance.canonical.expand(batch.size, *utterance.canonical.shape).clone()
             canonical[:, :, : utterance.num_frames] = self._perturb(speech, occluded, utterance.baseline)
             keep = None if batch.token_occluded is None else (~batch.token_occluded).to(speech.device)
@@ -446,7 +499,20 @@ class SPES(PerturbationAttribution):
 
 def _checked_scores(scores: Tensor, batch: int) -> Tensor:
     if scores.dim() != 2 or scores.shape[0] != batch:
-        raise ValueError(f"the impact measure must return (batch, num_tokens) scores, got {tuple(scores.shape)}")
+        raise InputError(f"the impact measure must return (batch, num_tokens) scores, got {tuple(scores.shape)}")
     if not torch.isfinite(scores).all():
         raise FloatingPointError("the impact measure returned NaN or inf; compute it from log-probabilities in float32")
     return scores
+
+
+def _refuse_noise_tunnel(self: SPES, *args: Any, **kwargs: Any) -> None:
+    raise InputError(
+        "SPES does not work inside Captum's NoiseTunnel: NoiseTunnel averages one input-shaped map over a "
+        "batch of noisy copies, while SPES explains one utterance per call with one map per token. "
+        "Average SPES(...).attribute(...) over noisy copies of the features yourself"
+    )
+
+
+# Captum's NoiseTunnel calls ``attribute.__wrapped__`` (the function under ``@log_usage``);
+# normal calls go through log_usage's own reference to the real method and are unaffected.
+SPES.attribute.__wrapped__ = functools.wraps(SPES.attribute.__wrapped__)(_refuse_noise_tunnel)  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from captum_spes._utils.baselines import BaselineSpec, resolve_baseline
 from captum_spes.adapters import InputLayout, ModelAdapter
+from captum_spes.errors import InputError, InputTypeError
 from captum_spes.masks import MaskFamily, MaskLevel
 
 __all__ = ["Utterance", "resolve_num_frames"]
@@ -43,15 +44,15 @@ def resolve_num_frames(
     layout = adapter.utterance_layout(inputs) if isinstance(adapter, ModelAdapter) else adapter
     total = int(layout.to_canonical(inputs).shape[1])
     if num_frames is not None and num_samples is not None:
-        raise ValueError("give num_frames or num_samples, not both (num_samples only serves to compute num_frames)")
+        raise InputError("give num_frames or num_samples, not both (num_samples only serves to compute num_frames)")
     if num_frames is None and num_samples is not None and isinstance(adapter, ModelAdapter):
         num_frames = adapter.frames_for_samples(num_samples)
         if num_frames is None:
-            raise ValueError(f"{type(adapter).__name__} cannot turn num_samples into frames; pass num_frames= instead")
+            raise InputError(f"{type(adapter).__name__} cannot turn num_samples into frames; pass num_frames= instead")
     if num_frames is None:
         return adapter.speech_frames(inputs) if isinstance(adapter, ModelAdapter) else total
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= total:
-        raise ValueError(f"num_frames must be an int in [1, {total}] (frames holding audio), got {num_frames!r}")
+        raise InputError(f"num_frames must be an int in [1, {total}] (frames holding audio), got {num_frames!r}")
     return num_frames
 
 
@@ -100,22 +101,25 @@ class Utterance:
                 :func:`~captum_spes._utils.baselines.resolve_baseline`.
         """
         if not isinstance(inputs, Tensor):
-            raise TypeError(f"inputs must be a Tensor of features, got {type(inputs).__name__}")
+            raise InputTypeError(f"inputs must be a Tensor of features, got {type(inputs).__name__}")
         layout = adapter.input_layout if isinstance(adapter, ModelAdapter) else adapter
         name = type(adapter.model).__name__ if isinstance(adapter, ModelAdapter) else "the model"
-        layout.check(inputs, name)
+        if isinstance(adapter, ModelAdapter):
+            adapter.check_input(inputs)
+        else:
+            layout.check(inputs, name)
         if inputs.shape[0] != 1:
-            raise ValueError(
+            raise InputError(
                 f"one utterance per call, but inputs has batch size {inputs.shape[0]}; loop over utterances "
                 "(masks are batched internally via perturbations_per_eval)"
             )
         if not inputs.is_floating_point():
-            raise TypeError(
+            raise InputTypeError(
                 f"inputs must be floating-point features, got dtype {inputs.dtype}; use the model's "
                 "feature extractor (e.g. processor(audio, return_tensors='pt').input_features)"
             )
         if not torch.isfinite(inputs).all():
-            raise ValueError("inputs holds NaN or inf values; check the feature extraction")
+            raise InputError("inputs holds NaN or inf values; check the feature extraction")
         if isinstance(adapter, ModelAdapter):
             layout = adapter.utterance_layout(inputs)
         frames = resolve_num_frames(adapter, inputs, num_frames, num_samples)
@@ -151,7 +155,7 @@ class Utterance:
             (padding) are the clean input's.
         """
         if occluded.dim() != 3 or tuple(occluded.shape[1:]) != tuple(self.speech.shape):
-            raise ValueError(
+            raise InputError(
                 f"occluded must have shape (batch, {self.speech.shape[0]}, {self.num_frames}), "
                 f"got {tuple(occluded.shape)}"
             )

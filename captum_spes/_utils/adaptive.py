@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from captum_spes._utils.sampling import split_masks_across_levels
+from captum_spes.errors import InputError
 from captum_spes.normalizers import normalize_reference
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class AdaptiveMasks:
 
     def __post_init__(self) -> None:
         if not isinstance(self.criterion, str) or self.criterion not in DEFAULT_THRESHOLDS:
-            raise ValueError(
+            raise InputError(
                 f'criterion must be one of {sorted(DEFAULT_THRESHOLDS)} (default "utterance_top_overlap"), '
                 f"got {self.criterion!r}"
             )
@@ -119,19 +120,19 @@ class AdaptiveMasks:
                 or not (0.0 < value < 1.0 or (upper_closed and value == 1.0))
             ):
                 interval = "(0, 1]" if upper_closed else "(0, 1)"
-                raise ValueError(
+                raise InputError(
                     f"threshold must be in {interval} for criterion {self.criterion!r}, or None for "
                     f"the criterion's default ({DEFAULT_THRESHOLDS[self.criterion]}); got {value!r}"
                 )
         tp = self.top_percent
         if isinstance(tp, bool) or not isinstance(tp, (int, float)) or not 0.0 < tp <= 100.0:
-            raise ValueError(f"top_percent must be a percentage in (0, 100], e.g. 5.0; got {tp!r}")
+            raise InputError(f"top_percent must be a percentage in (0, 100], e.g. 5.0; got {tp!r}")
         for name in ("round_size", "max_masks", "min_masks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise InputError(f"{name} must be a positive int, got {value!r}")
         if self.min_masks > self.max_masks:
-            raise ValueError(
+            raise InputError(
                 f"min_masks ({self.min_masks}) exceeds max_masks ({self.max_masks}); lower min_masks or raise max_masks"
             )
 
@@ -215,18 +216,18 @@ def split_half_top_overlap(
         half has no top and counts as 0 overlap.
     """
     if first_maps.shape != second_maps.shape or first_maps.dim() < 2:
-        raise ValueError(
+        raise InputError(
             "first_maps and second_maps must have the same shape (num_tokens, ...), got "
             f"{tuple(first_maps.shape)} and {tuple(second_maps.shape)}"
         )
     if isinstance(top_percent, bool) or not isinstance(top_percent, (int, float)) or not 0.0 < top_percent <= 100.0:
-        raise ValueError(f"top_percent must be a percentage in (0, 100], e.g. 5.0; got {top_percent!r}")
+        raise InputError(f"top_percent must be a percentage in (0, 100], e.g. 5.0; got {top_percent!r}")
     num_tokens = first_maps.shape[0]
     a = first_maps.reshape(num_tokens, -1)
     b = second_maps.reshape(num_tokens, -1)
     if valid is not None:
         if valid.dtype != torch.bool or tuple(valid.shape) != tuple(first_maps.shape[1:]):
-            raise ValueError(
+            raise InputError(
                 f"valid must be a bool mask of shape {tuple(first_maps.shape[1:])} (the maps' "
                 f"trailing dimensions), got {valid.dtype} {tuple(valid.shape)}"
             )
@@ -234,7 +235,7 @@ def split_half_top_overlap(
         a, b = a[:, keep], b[:, keep]
     n_valid = a.shape[1]
     if n_valid == 0 or num_tokens == 0:
-        raise ValueError("split_half_top_overlap needs at least one token and one valid element")
+        raise InputError("split_half_top_overlap needs at least one token and one valid element")
     k = min(n_valid, max(1, math.floor(n_valid * top_percent / 100 + 0.5)))
     shared = (_top_k_mask(a, k) & _top_k_mask(b, k)).sum(dim=1).to(torch.float64) / k
     informative = (a.amax(dim=1) > a.amin(dim=1)) & (b.amax(dim=1) > b.amin(dim=1))
@@ -256,7 +257,7 @@ def split_half_utterance_overlap(first_maps: Tensor, second_maps: Tensor, top_pe
         *float* in [0, 1]; 0 when either utterance map is constant.
     """
     if first_maps.shape != second_maps.shape or first_maps.dim() < 2:
-        raise ValueError(
+        raise InputError(
             "first_maps and second_maps must have the same shape (num_tokens, ...), got "
             f"{tuple(first_maps.shape)} and {tuple(second_maps.shape)}"
         )
@@ -288,12 +289,12 @@ def run_adaptive(
     """
     num_levels = len(labels)
     if rule.round_size < num_levels:
-        raise ValueError(
+        raise InputError(
             f"AdaptiveMasks(round_size={rule.round_size}) is smaller than the number of mask levels "
             f"({num_levels}): every round needs at least one mask per level; raise round_size (default 256)"
         )
     if rule.max_masks < 2 * rule.round_size:
-        raise ValueError(
+        raise InputError(
             f"AdaptiveMasks(max_masks={rule.max_masks}) allows fewer than two rounds of {rule.round_size} masks; "
             "the split halves need one round each: raise max_masks or lower round_size"
         )

@@ -23,6 +23,7 @@ from captum_spes.adapters.speech_encoder_decoder import SpeechEncoderDecoderAdap
 from captum_spes.adapters.speech_llm import Qwen2AudioAdapter, SpeechLLMAdapter, VoxtralAdapter
 from captum_spes.adapters.waveform import MoonshineAdapter, STFTLayout, WaveformAdapter
 from captum_spes.adapters.whisper import WhisperAdapter
+from captum_spes.errors import InputTypeError
 
 __all__ = [
     "InputLayout",
@@ -78,7 +79,7 @@ def get_model_adapter(model: nn.Module) -> ModelAdapter:
         if isinstance(model, model_class):
             return factory(model)
     supported = ", ".join(cls.__name__ for cls, _ in MODEL_ADAPTERS)
-    raise TypeError(
+    raise InputTypeError(
         f"unsupported model {type(model).__name__}: SPES explains autoregressive speech "
         f"encoder-decoders and speech LLMs ({supported}); register others with "
         "captum_spes.register_model_adapter(ModelClass, AdapterFactory)"

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_spes.adapters.layout import InputLayout
+from captum_spes.errors import InputError
 from captum_spes.masks import MaskFamily, SLICMasks, TimeMasks
 
 __all__ = ["ModelAdapter", "config_int"]
@@ -69,6 +70,14 @@ class ModelAdapter:
     def check_input(self, inputs: Tensor) -> None:
         """Raise a clear error if ``inputs`` cannot be fed to the model."""
         self.input_layout.check(inputs, type(self.model).__name__)
+        expected = config_int(getattr(self.model, "config", None), "num_mel_bins")
+        if expected is not None and self.layout != "waveform":
+            rows = int(self.to_canonical(inputs).shape[0])
+            if rows != expected:
+                raise InputError(
+                    f"inputs have {rows} mel bins but {type(self.model).__name__} expects {expected}; build the "
+                    "features with this model's own processor/feature extractor"
+                )
 
     def speech_frames(self, inputs: Tensor) -> int:
         """Frames of the canonical time axis that hold audio (all, for unpadded models)."""
@@ -99,7 +108,7 @@ class ModelAdapter:
         """Refuse a model in training mode: dropout would make every pass, and the map, random."""
         training = [name or type(self.model).__name__ for name, m in self.model.named_modules() if m.training]
         if training:
-            raise ValueError(
+            raise InputError(
                 f"the model is in training mode ({len(training)} modules, e.g. {training[0]!r}), so dropout "
                 "makes every forward pass random and the explanation irreproducible; call model.eval() first"
             )
@@ -140,7 +149,7 @@ class ModelAdapter:
                 return int(eos[0])
             if isinstance(eos, int):
                 return eos
-        raise ValueError(
+        raise InputError(
             f"{type(self.model).__name__} has no eos_token_id in its config or generation "
             "config; set model.generation_config.eos_token_id"
         )
@@ -153,7 +162,7 @@ class ModelAdapter:
         while cut < len(ids) and ids[cut] in prompt_set:
             cut += 1
         if cut == 0:
-            raise ValueError(
+            raise InputError(
                 "the generated sequence does not start with the model's decoder start token; "
                 "pass the forced prompt explicitly with prompt_ids="
             )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from captum_spes.errors import InputError
+
 __all__ = ["InputLayout", "LAYOUTS"]
 
 #: layout name -> shape of one utterance in the model's layout, for error messages
@@ -31,7 +33,7 @@ class InputLayout:
 
     def __init__(self, name: str = "mel_first") -> None:
         if name not in LAYOUTS:
-            raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {name!r}")
+            raise InputError(f"layout must be one of {sorted(LAYOUTS)}, got {name!r}")
         self.name = name
 
     @property
@@ -59,7 +61,7 @@ class InputLayout:
     def check(self, inputs: Tensor, model_name: str = "the model") -> None:
         """Raise a clear error if ``inputs`` does not have this layout's number of dimensions."""
         if inputs.dim() != self.input_dims:
-            raise ValueError(
+            raise InputError(
                 f"inputs must have shape {LAYOUTS[self.name]} for {model_name}, got {tuple(inputs.shape)}; "
                 "use the model's feature extractor to build them"
             )

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from captum_spes.adapters.base import ModelAdapter
 from captum_spes.adapters.layout import InputLayout
 from captum_spes.adapters.waveform import WaveformAdapter
+from captum_spes.errors import InputError
 from captum_spes.masks import MaskFamily
 
 __all__ = ["SpeechEncoderDecoderAdapter"]
@@ -39,7 +40,7 @@ class SpeechEncoderDecoderAdapter(WaveformAdapter):
             self.layout = "mel_first" if is_whisper else "time_first"
             self.frame_rate = ModelAdapter.frame_rate
         elif not self.reads_waveform:
-            raise ValueError(
+            raise InputError(
                 f"unsupported model: its encoder takes {encoder_input!r}; SPES needs input_features or input_values"
             )
 

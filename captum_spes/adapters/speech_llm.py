@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from captum_spes.adapters.base import ModelAdapter
 from captum_spes.adapters.whisper import WhisperAdapter
+from captum_spes.errors import InputError, InputTypeError
 
 __all__ = ["SpeechLLMAdapter", "Qwen2AudioAdapter", "VoxtralAdapter", "DEFAULT_INSTRUCTION"]
 
@@ -41,10 +42,10 @@ def _flat_ids(ids: Sequence[int] | Tensor, name: str) -> list[int]:
     values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
     if values and isinstance(values[0], list):
         if len(values) != 1:
-            raise ValueError(f"{name} must hold one chat (batch 1), got {len(values)}")
+            raise InputError(f"{name} must hold one chat (batch 1), got {len(values)}")
         values = values[0]
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"{name} must be a non-empty flat sequence of token ids")
+        raise InputError(f"{name} must be a non-empty flat sequence of token ids")
     return values
 
 
@@ -83,7 +84,7 @@ class SpeechLLMAdapter(ModelAdapter):
     ) -> None:
         super().__init__(model)
         if not isinstance(prompt_in_token_map, bool):
-            raise TypeError(f"prompt_in_token_map must be a bool, got {prompt_in_token_map!r}")
+            raise InputTypeError(f"prompt_in_token_map must be a bool, got {prompt_in_token_map!r}")
         self.prompt_in_token_map = prompt_in_token_map
         self.instruction = instruction
         self._hidden_ids: list[int] | None = None
@@ -92,7 +93,7 @@ class SpeechLLMAdapter(ModelAdapter):
         if context_ids is not None:
             self.set_context(context_ids, **audio_inputs)
         elif audio_inputs:
-            raise ValueError(f"{sorted(audio_inputs)} given without context_ids; pass both, or call set_context")
+            raise InputError(f"{sorted(audio_inputs)} given without context_ids; pass both, or call set_context")
 
     # ----- the chat context ---------------------------------------------------------
     @property
@@ -102,7 +103,7 @@ class SpeechLLMAdapter(ModelAdapter):
         if value is None:
             value = getattr(config, "audio_token_index", None)
         if not isinstance(value, int):
-            raise ValueError(f"{type(self.model).__name__}'s config names no audio_token_id")
+            raise InputError(f"{type(self.model).__name__}'s config names no audio_token_id")
         return value
 
     def num_audio_tokens(self) -> int:
@@ -120,7 +121,7 @@ class SpeechLLMAdapter(ModelAdapter):
         """
         unknown = sorted(set(audio_inputs) - set(self.audio_input_names))
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} takes no {unknown}; its audio inputs are {list(self.audio_input_names)}"
             )
         ids = _flat_ids(context_ids, "context_ids")
@@ -132,15 +133,15 @@ class SpeechLLMAdapter(ModelAdapter):
             # A context refused below leaves the adapter as it was.
             new_inputs, self._audio_inputs = self._audio_inputs, previous
         if len(placeholders) != expected or not placeholders:
-            raise ValueError(
+            raise InputError(
                 f"context_ids holds {len(placeholders)} audio placeholders (id {self.audio_token_id}) but this "
                 f"utterance's audio fills {expected}; build the chat with the model's processor from the same audio"
             )
         last = placeholders[-1]
         if last != placeholders[0] + expected - 1:
-            raise ValueError("context_ids must hold one audio (one contiguous run of placeholders)")
+            raise InputError("context_ids must hold one audio (one contiguous run of placeholders)")
         if last == len(ids) - 1:
-            raise ValueError(
+            raise InputError(
                 "context_ids ends with the audio: append the text prompt and the assistant header "
                 "(apply_chat_template(..., add_generation_prompt=True))"
             )
@@ -205,7 +206,7 @@ class SpeechLLMAdapter(ModelAdapter):
         ids = [int(i) for i in sequence.tolist()]
         context = self.context_ids
         if ids[: len(context)] != context:
-            raise ValueError("the generated sequence does not start with the chat context; was it set for this clip?")
+            raise InputError("the generated sequence does not start with the chat context; was it set for this clip?")
         answer = ids[len(context) :]
         stop = set(self.end_token_ids())
         end = next((i for i, token in enumerate(answer) if token in stop), len(answer))
@@ -314,7 +315,7 @@ class Qwen2AudioAdapter(_WhisperFeaturesLLM):
     def frames_for_samples(self, num_samples: int) -> int:
         """Frames the feature extractor's attention mask marks: one per started 10 ms hop."""
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+            raise InputError(f"num_samples must be a positive int, got {num_samples!r}")
         return min(self.window_frames, math.ceil(num_samples / 160))
 
     def _audio_kwargs(self, batch: int, device: torch.device) -> dict[str, Tensor]:
@@ -360,11 +361,11 @@ class VoxtralAdapter(_WhisperFeaturesLLM):
 
     def frames_for_samples(self, num_samples: int) -> int:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+            raise InputError(f"num_samples must be a positive int, got {num_samples!r}")
         return min(self.window_frames, math.ceil((num_samples + 200) / 160))
 
     def prepare_inputs(self, processor: Any, waveform: Any, sampling_rate: int) -> Tensor:
-        raise ValueError(
+        raise InputError(
             "VoxtralProcessor tokenizes chats with mistral-common, which captum-spes does not drive; build "
             "the chat with processor.apply_chat_template(conversation, tokenize=True, return_dict=True), "
             "then call adapter.set_context(inputs.input_ids) and explain inputs.input_features"

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from captum_spes.adapters.base import ModelAdapter
 from captum_spes.adapters.layout import InputLayout
+from captum_spes.errors import InputError
 from captum_spes.masks import MaskFamily, SLICMasks, TimeMasks
 
 __all__ = ["STFTLayout", "WaveformAdapter", "MoonshineAdapter", "WAVEFORM_VIEWS", "STFT_SILENCE", "stft_frequencies"]
@@ -81,12 +82,12 @@ class STFTLayout(InputLayout):
         self.n_fft = round(window_seconds * sampling_rate)
         self.hop_length = round(hop_seconds * sampling_rate)
         if not 0 < self.hop_length <= self.n_fft:
-            raise ValueError(
+            raise InputError(
                 f"hop_seconds ({hop_seconds}) must be positive and at most window_seconds ({window_seconds})"
             )
         self.num_samples = int(waveform.shape[-1])
         if self.num_samples < self.n_fft // 2 + 1:
-            raise ValueError(
+            raise InputError(
                 f"the waveform has {self.num_samples} samples, fewer than half an STFT window "
                 f"({self.n_fft // 2 + 1}); give at least {window_seconds / 2:.4f} s of audio"
             )
@@ -163,7 +164,7 @@ class WaveformAdapter(ModelAdapter):
     ) -> None:
         super().__init__(model)
         if view not in WAVEFORM_VIEWS:
-            raise ValueError(f"view must be one of {WAVEFORM_VIEWS}, got {view!r}")
+            raise InputError(f"view must be one of {WAVEFORM_VIEWS}, got {view!r}")
         self.view = view
         self.sampling_rate = int(sampling_rate or self._config_sampling_rate(model) or 16000)
         self.window_seconds = window_seconds
@@ -192,7 +193,7 @@ class WaveformAdapter(ModelAdapter):
 
     def frames_for_samples(self, num_samples: int) -> int:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+            raise InputError(f"num_samples must be a positive int, got {num_samples!r}")
         if self.view == "samples":
             return num_samples
         return 1 + num_samples // round(self.hop_seconds * self.sampling_rate)

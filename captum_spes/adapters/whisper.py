@@ -4,11 +4,13 @@ r"""Whisper: ``(batch, 80, 3000)`` log-mel features, always padded to 30 s."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from captum_spes.adapters.base import ModelAdapter, config_int
+from captum_spes.errors import InputError
 
 __all__ = ["WhisperAdapter", "WHISPER_SILENCE_FEATURE"]
 
@@ -54,9 +56,28 @@ class WhisperAdapter(ModelAdapter):
     def frames_for_samples(self, num_samples: int) -> int:
         """Frames whose analysis window overlaps the first ``num_samples`` samples (16 kHz)."""
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+            raise InputError(f"num_samples must be a positive int, got {num_samples!r}")
         window = int(getattr(self.model.config, "max_source_positions", 1500)) * 2
         return min(window, math.ceil((num_samples + _HALF_WINDOW) / _HOP))
+
+    def generate(self, model_inputs: Tensor, **generate_kwargs: Any) -> Tensor:
+        self.check_generate_kwargs(generate_kwargs)
+        return super().generate(model_inputs, **generate_kwargs)
+
+    def check_generate_kwargs(self, generate_kwargs: dict) -> None:
+        """Refuse a language or task this checkpoint cannot take, before transformers does it
+        less clearly (an English-only model has no language or task tokens)."""
+        config = self.model.generation_config
+        multilingual = bool(getattr(config, "is_multilingual", False) or getattr(config, "lang_to_id", None))
+        if multilingual:
+            return
+        given = [name for name in ("language", "task") if generate_kwargs.get(name) not in (None, "transcribe")]
+        if given:
+            name = getattr(self.model, "captum_spes_model_id", type(self.model).__name__)
+            raise InputError(
+                f"{name} is an English-only Whisper: it is not compatible with the `{given[0]}` argument "
+                f"({given[0]}={generate_kwargs[given[0]]!r}); drop it, or use a multilingual model such as 'base'"
+            )
 
     def floor_value(self, canonical_full: Tensor, num_frames: int) -> Tensor:
         return torch.tensor(self.padding_value(canonical_full), dtype=canonical_full.dtype)
@@ -91,6 +112,7 @@ class WhisperAdapter(ModelAdapter):
         return (prompt or self.default_prompt_ids(inputs, generate_kwargs)), hypothesis
 
     def default_prompt_ids(self, inputs: Tensor, generate_kwargs: dict) -> list[int]:
+        self.check_generate_kwargs(generate_kwargs)
         config = self.model.generation_config
         prompt = [int(config.decoder_start_token_id)]
         lang_to_id = getattr(config, "lang_to_id", None) or {}
@@ -104,7 +126,7 @@ class WhisperAdapter(ModelAdapter):
                 prompt.append(self._language_id(language, lang_to_id))
             task = generate_kwargs.get("task", getattr(config, "task", None)) or "transcribe"
             if task not in task_to_id:
-                raise ValueError(f"task={task!r} is not one of this model's tasks {sorted(task_to_id)}")
+                raise InputError(f"task={task!r} is not one of this model's tasks {sorted(task_to_id)}")
             prompt.append(int(task_to_id[task]))
         return_timestamps = generate_kwargs.get("return_timestamps", getattr(config, "return_timestamps", False))
         no_timestamps = config_int(config, "no_timestamps_token_id")
@@ -120,7 +142,7 @@ class WhisperAdapter(ModelAdapter):
         code = TO_LANGUAGE_CODE.get(code, code)
         token = f"<|{code}|>"
         if token not in lang_to_id:
-            raise ValueError(
+            raise InputError(
                 f"language={language!r} is not supported by this model; use a code such as {sorted(LANGUAGES)[:5]}..."
             )
         return int(lang_to_id[token])

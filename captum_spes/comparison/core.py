@@ -16,6 +16,7 @@ from captum_spes._core.utterance import Utterance
 from captum_spes._utils.baselines import BaselineSpec
 from captum_spes.comparison.methods import METHODS, MethodContext, run_method
 from captum_spes.comparison.report import ComparisonReport, MethodResult
+from captum_spes.errors import InputError
 from captum_spes.masks import MaskFamily, resolve_mask_family
 from captum_spes.metrics.deletion import DecodeFn, deletion_curve, make_generate_decoder, ranking_map
 from captum_spes.metrics.plausibility import AlignmentLike, word_plausibility
@@ -51,7 +52,7 @@ def _check_names(values: Sequence[str], allowed: Sequence[str], what: str) -> li
     names = list(values)
     unknown = [n for n in names if n not in allowed]
     if unknown or not names or len(set(names)) != len(names):
-        raise ValueError(f"{what} must be distinct names from {list(allowed)}, got {names}")
+        raise InputError(f"{what} must be distinct names from {list(allowed)}, got {names}")
     return names
 
 
@@ -207,11 +208,11 @@ def compare(
     names = _check_names(methods, list(METHODS), "methods")
     wanted = set(_check_names(metrics, METRICS, "metrics")) if metrics else set()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
-        raise ValueError(f"ig_steps must be a positive int, got {ig_steps!r}")
+        raise InputError(f"ig_steps must be a positive int, got {ig_steps!r}")
     if not isinstance(features, Tensor) or features.dim() < 2 or features.shape[0] != 1:
-        raise ValueError(
+        raise InputError(
             "features must be one utterance in the model layout with batch 1, e.g. (1, 80, 3000); "
             f"got {getattr(features, 'shape', type(features).__name__)}"
         )
@@ -258,7 +259,7 @@ def compare(
 
     if wanted & {"deletion", "insertion"} and decode_fn is None:
         if wrapper.processor is None:
-            raise ValueError(
+            raise InputError(
                 "deletion/insertion re-decode the perturbed inputs: pass decode_fn= or a wrapper with a processor"
             )
         decode_fn = make_generate_decoder(wrapper.model, wrapper.processor, generate_kwargs, batch_size)

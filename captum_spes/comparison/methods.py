@@ -29,6 +29,7 @@ from torch import Tensor
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper
 from captum_spes._core.spes import SPES
 from captum_spes._core.utterance import Utterance
+from captum_spes.errors import InputError
 from captum_spes.masks import MaskFamily, MaskLevel
 
 __all__ = [
@@ -124,7 +125,7 @@ class SpeechOnlyForward:
 
     def __call__(self, speech: Tensor) -> Tensor:
         if speech.dim() != 3 or speech.shape[-1] != self.num_frames:
-            raise ValueError(f"expected speech frames (batch, n_mels, {self.num_frames}), got {tuple(speech.shape)}")
+            raise InputError(f"expected speech frames (batch, n_mels, {self.num_frames}), got {tuple(speech.shape)}")
         padding = self.padding.to(speech).expand(speech.shape[0], *self.padding.shape)
         full = torch.cat([speech, padding], dim=2)
         return self.wrapper.token_log_probs(self.wrapper.adapter.from_canonical(full))
@@ -246,7 +247,7 @@ def _occlusion(ctx: MethodContext) -> tuple[Tensor, dict[str, Any]]:
 def _feature_ablation(ctx: MethodContext) -> tuple[Tensor, dict[str, Any]]:
     level = int(ctx.options.get("ablation_level", 0))
     if not 0 <= level < len(ctx.levels):
-        raise ValueError(f"ablation_level must be in [0, {len(ctx.levels)}), got {level}")
+        raise InputError(f"ablation_level must be in [0, {len(ctx.levels)}), got {level}")
     labels = ctx.levels[level].labels.to(ctx.canonical_full.device)
     baseline = ctx.baseline[None]
     maps = FeatureAblation(ctx.forward()).attribute(
@@ -319,7 +320,7 @@ def run_method(name: str, ctx: MethodContext) -> tuple[Tensor, dict[str, Any], P
         method's settings, and its :class:`PassCount`.
     """
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+        raise InputError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
     with count_passes(ctx.wrapper) as counts:
         maps, info = METHODS[name](ctx)
     return _check_per_token(maps, ctx, name), info, counts

@@ -28,6 +28,7 @@ import numpy as np
 
 from captum_spes.audio import TARGET_SAMPLING_RATE, load_audio
 from captum_spes.data.alignments import AlignedInterval, read_textgrid
+from captum_spes.errors import InputError
 
 __all__ = ["AlignedInterval", "Sample", "list_samples", "load_sample", "read_textgrid"]
 
@@ -114,7 +115,7 @@ def load_sample(name: str) -> Sample:
     """
     available = list_samples()
     if name not in available:
-        raise ValueError(
+        raise InputError(
             f"unknown sample name {name!r}; available samples: {available}. Pass one of these names to load_sample()."
         )
     folder = _samples_root() / name

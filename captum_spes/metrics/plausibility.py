@@ -36,6 +36,7 @@ from torch import Tensor
 
 from captum_spes._core.result import SPESResult
 from captum_spes.data.alignments import AlignedInterval, read_textgrid
+from captum_spes.errors import InputError, InputTypeError
 from captum_spes.metrics._text import normalize_transcript
 
 __all__ = [
@@ -142,9 +143,9 @@ def interval_scores(
     if saliency.dim() == 1:
         saliency = saliency[None]
     if saliency.dim() != 2:
-        raise ValueError(f"saliency must have shape (n_mels, n_frames) or (n_frames,), got {tuple(saliency.shape)}")
+        raise InputError(f"saliency must have shape (n_mels, n_frames) or (n_frames,), got {tuple(saliency.shape)}")
     if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0 seconds, got {tolerance}")
+        raise InputError(f"tolerance must be >= 0 seconds, got {tolerance}")
     values = saliency.to(torch.float64)
     n_frames = values.shape[1]
     first, stop = interval_frames(start, end, frame_rate, n_frames)
@@ -169,11 +170,11 @@ def interval_scores(
 def _intervals(alignment: AlignmentLike, tier: str | None) -> list[AlignedInterval]:
     if isinstance(alignment, (str, os.PathLike)):
         if tier is None:
-            raise ValueError("alignments is a TextGrid path: pass tier= (e.g. 'words')")
+            raise InputError("alignments is a TextGrid path: pass tier= (e.g. 'words')")
         return read_textgrid(alignment, tier)
     items = list(alignment)
     if not all(isinstance(i, AlignedInterval) for i in items):
-        raise TypeError("alignments must be a TextGrid path or a list of AlignedInterval")
+        raise InputTypeError("alignments must be a TextGrid path or a list of AlignedInterval")
     return items
 
 
@@ -259,9 +260,9 @@ def word_plausibility(
     results = list(results)
     aligns = list(alignments)  # type: ignore[arg-type]
     if not results:
-        raise ValueError("results is empty: give at least one SPESResult")
+        raise InputError("results is empty: give at least one SPESResult")
     if len(aligns) != len(results):
-        raise ValueError(f"give one alignment per result: {len(results)} results, {len(aligns)} alignments")
+        raise InputError(f"give one alignment per result: {len(results)} results, {len(aligns)} alignments")
     utterances = [_utterance(r, _intervals(a, tier), tolerance, reduce, normalize) for r, a in zip(results, aligns)]
     every = [w for u in utterances for w in u.words]
     return PlausibilityReport(

@@ -42,6 +42,7 @@ from transformers import (
     WhisperTokenizer,
 )
 
+from captum_spes.errors import InputError
 from captum_spes.models.quiet import hide_whisper_generate_notice
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -112,7 +113,7 @@ _FIRST_SPECIAL, _LAST_SPECIAL = "<|startoftranscript|>", "<|notimestamps|>"
 _NUM_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|> in 0.02 s steps
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(InputError):
     r"""A model could not be found, verified or converted; the message says how to fix it."""
 
 

@@ -58,6 +58,7 @@ def load_model(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ModelLoadError(f"`torch_dtype` must be a floating torch.dtype or None, got {torch_dtype!r}.")
     name = os.fspath(name_or_path)
+    _check_device(device)
 
     if name in EMBEDDED_MODELS:
         return load_embedded_model(name, device=device, torch_dtype=dtype)
@@ -90,6 +91,21 @@ def load_model(
     model.to(device).eval()
     model.config.name_or_path = name
     return model, processor
+
+
+def _check_device(device: str | torch.device) -> None:
+    """Refuse a device this machine does not have before any weights are read."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"`device` {device!r} is not a torch device ({err}); use 'cpu' or 'cuda'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"`device` {device!r} was requested but CUDA is not available here; use device='cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"`device` {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
+            f"cuda:{torch.cuda.device_count() - 1}"
+        )
 
 
 def _load_hf(name: str, dtype: torch.dtype, *, local: bool) -> tuple[Any, Any]:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from captum_spes._core.result import SPESResult
+from captum_spes.errors import InputError
 
 __all__ = ["contrast_section", "png_data_uri"]
 
@@ -26,7 +27,7 @@ __all__ = ["contrast_section", "png_data_uri"]
 def png_data_uri(rgb: np.ndarray) -> str:
     """A ``data:image/png`` URI of an ``(height, width, 3)`` uint8 image."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"rgb must be a (height, width, 3) uint8 array, got {rgb.dtype} {rgb.shape}")
+        raise InputError(f"rgb must be a (height, width, 3) uint8 array, got {rgb.dtype} {rgb.shape}")
     height, width, _ = rgb.shape
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -84,7 +85,7 @@ def contrast_section(
             positions whose contrastive map is not all zero, foils unnamed.
     """
     if contrast.target_ids != plain.target_ids:
-        raise ValueError("the contrastive explanation must explain the same tokens as the plain one")
+        raise InputError("the contrastive explanation must explain the same tokens as the plain one")
     if foils is None:
         maps = contrast.spectrogram_attr.flatten(1).abs().amax(dim=1)
         foils = {k: "the foil" for k in range(contrast.num_tokens) if float(maps[k]) > 0}
