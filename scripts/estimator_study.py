@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from captum_spes import SPES, SpeechSeq2SeqWrapper, SPESResult
+from captum_spes import SPES, CoarseToFine, SpeechSeq2SeqWrapper, SPESResult
 from captum_spes.comparison import compare
 from captum_spes.data import load_sample
 from captum_spes.metrics import (
