@@ -10,7 +10,10 @@ generated token with SPES and writes, into ``--out``:
 * ``words.png``: one spectrogram saliency map per word;
 * ``token_map.png``: the token-to-token saliency map;
 * ``report.html``: a self-contained interactive page with the audio player;
-* ``listen/word_XX_<word>.wav`` (``--listen``): each word's top 10 % salient audio.
+* ``listen/word_XX_<word>.wav`` (``--listen``): each word's top 10 % salient audio;
+* ``contrastive.safetensors`` (``--contrast POSITION_OR_WORD:FOIL``, repeatable): a second
+  explanation with :class:`~captum_spes.impact.ContrastiveImpact` (the log-probability margin
+  of the explained token over the foil), shown beside the plain maps in ``report.html``.
 
 Documented decisions:
 
@@ -109,6 +112,7 @@ _PROG = "captum-spes"
 _LISTEN_DIR = "listen"
 _OUTPUT_FILES = (
     "explanation.safetensors",
+    "contrastive.safetensors",
     "overview.png",
     "words.png",
     "token_map.png",
@@ -323,6 +327,7 @@ def _explain_waveform(
     overwrite: bool,
     source: str,
     before_attribution: Callable[[float, float], None] | None = None,
+    contrast: Sequence[str] | None = None,
 ) -> _Explained:
     """Transcribe, estimate, explain and write every output; print progress lines."""
 
@@ -333,7 +338,9 @@ def _explain_waveform(
     duration = waveform.shape[0] / SAMPLING_RATE
     print(f"Loading model {model_name} on {device} ...", flush=True)
     model, processor = resolve_model(model_name, device)
-    features = processor(waveform, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
+    wrapper = SpeechSeq2SeqWrapper(model, processor)
+    # The adapter builds the model input (a speech LLM also sets up its chat here).
+    features = wrapper.adapter.prepare_inputs(processor, waveform, SAMPLING_RATE)
     features = features.to(device=device, dtype=next(model.parameters()).dtype)
 
     generate_kwargs: dict[str, Any] = {}
@@ -341,10 +348,10 @@ def _explain_waveform(
         generate_kwargs["task"] = task
     if language:
         generate_kwargs["language"] = language
-    wrapper = SpeechSeq2SeqWrapper(model, processor)
     hypothesis = wrapper.set_hypothesis(features, target, generate_kwargs=generate_kwargs or None)
     label = "Target" if target is not None else "Transcript"
     print(f"{label}: {hypothesis.text}", flush=True)
+    measure = _contrastive_measure(hypothesis, contrast, wrapper.tokenizer) if contrast else None
     print(f"Explaining {hypothesis.num_explained} tokens (end token included) of {duration:.2f} s of audio.")
 
     batch_s, token_s = _measure_batches(wrapper, features, batch_size)
@@ -368,8 +375,7 @@ def _explain_waveform(
         before_attribution(batch_s, token_s)
 
     started = time.perf_counter()
-    result = SPES(wrapper).attribute(
-        features,
+    attribution_options: dict[str, Any] = dict(
         target=hypothesis,
         perturbations_per_eval=batch_size,
         show_progress=True,
@@ -378,6 +384,7 @@ def _explain_waveform(
         num_samples=int(waveform.shape[0]),  # the exact speech frames (padding detection is a fallback)
         utterance_id=source,
     )
+    result = SPES(wrapper).attribute(features, **attribution_options)
     seconds = time.perf_counter() - started
     print(f"Attribution took {seconds:.1f} s.", flush=True)
     adaptive = result.metadata.get("adaptive")
@@ -388,7 +395,16 @@ def _explain_waveform(
             f"threshold {adaptive['threshold']} {verdict}.",
             flush=True,
         )
-    files = _write_outputs(result, waveform, features, out, words=words, listen=listen, overwrite=overwrite)
+    contrastive = None
+    if measure is not None:
+        started = time.perf_counter()
+        contrastive = SPES(wrapper).attribute(features, impact=measure, **attribution_options)
+        print(f"Contrastive attribution took {time.perf_counter() - started:.1f} s.", flush=True)
+    # Figures draw the canonical view the maps cover (e.g. a waveform model's STFT).
+    shown = wrapper.adapter.utterance_layout(features).to_canonical(features)[None]
+    files = _write_outputs(
+        result, waveform, shown, out, words=words, listen=listen, overwrite=overwrite, contrast=(contrastive, measure)
+    )
     return _Explained(result, seconds, batch_s, token_s, files)
 
 
@@ -401,8 +417,10 @@ def _write_outputs(
     words: Sequence[Any] | None,
     listen: bool,
     overwrite: bool,
+    contrast: tuple[Any, Any] = (None, None),
 ) -> list[Path]:
-    """Save the explanation, the figures, the HTML page and (``listen``) the WAVs."""
+    """Save the explanation, the figures, the HTML page and (``listen``) the WAVs; with a
+    contrastive result, also that result and its panel in the HTML page."""
     import matplotlib.pyplot as plt
 
     from captum_spes.visualization import (
@@ -417,6 +435,9 @@ def _write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     features_cpu = features.detach().float().cpu()
     files = [result.save(out / "explanation.safetensors", overwrite=overwrite)]
+    contrastive, measure = contrast
+    if contrastive is not None:
+        files.append(contrastive.save(out / "contrastive.safetensors", overwrite=overwrite))
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), gridspec_kw={"height_ratios": [3, 2]})
     plot_utterance_map(result, features_cpu, plt_fig_axis=(fig, top))
@@ -446,6 +467,8 @@ def _write_outputs(
             features=features_cpu,
             words=words,
             overwrite=overwrite,
+            contrast=contrastive,
+            contrast_foils={c.position: c.foil_text for c in measure.contrasts} if measure is not None else None,
         )
     )
     if listen:
@@ -463,6 +486,21 @@ def _write_outputs(
                 )
             )
     return files
+
+
+def _contrastive_measure(hypothesis: Any, specs: Sequence[str], tokenizer: Any) -> Any:
+    """The ``--contrast`` measure; prints what each contrast resolved to."""
+    from captum_spes.impact import ContrastiveImpact
+
+    measure = ContrastiveImpact.from_text(hypothesis, specs, tokenizer)
+    for c in measure.contrasts:
+        first = f"its first token {tokenizer.decode([c.foil_id])!r} of {len(c.foil_ids)}" if len(c.foil_ids) > 1 else ""
+        print(
+            f"Contrast: token {c.position} {hypothesis.tokens[c.position]!r} rather than {c.foil_text!r}"
+            + (f" ({first}: a foil of several tokens is contrasted where it starts)" if first else ""),
+            flush=True,
+        )
+    return measure
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
@@ -530,6 +568,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         target=args.target,
         words=None,
         source=str(audio),
+        contrast=args.contrast,
         **options,
     )
     _print_files(explained.files)
@@ -700,6 +739,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--language", default=None, help="spoken language, e.g. en or sv (multilingual models)")
     explain.add_argument("--target", default=None, help="explain this text instead of the model's transcript")
+    explain.add_argument(
+        "--contrast",
+        action="append",
+        metavar="POSITION_OR_WORD:FOIL",
+        help="also explain why the token at POSITION (or the first token reading WORD) was chosen rather than "
+        "FOIL, e.g. he:she (repeatable; a second attribution with the log-probability margin as impact)",
+    )
     _add_run_options(explain, n_masks=2000, batch_size=8, out=None)
     explain.set_defaults(func=_run_explain)
 

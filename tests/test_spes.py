@@ -5,7 +5,7 @@ from contextlib import redirect_stderr
 
 import pytest
 import torch
-from helpers import REGIONS, ToySpeechModel, tiny_whisper, toy_features, whisper_features
+from helpers import REGIONS, ToySpeechModel, tiny_wav2vec2_bert, tiny_whisper, toy_features, whisper_features
 
 from captum_spes import SPES, CustomMasks, InputError, SLICMasks, SpeechSeq2SeqWrapper, TimeMasks
 
@@ -247,39 +247,11 @@ def test_speech2text_time_first_layout():
 
 
 def test_speech_encoder_decoder_waveform_input():
-    from transformers import BertConfig, SpeechEncoderDecoderModel, Wav2Vec2Config
-
-    encoder = Wav2Vec2Config(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(8, 8),
-        conv_stride=(5, 4),
-        conv_kernel=(10, 4),
-        num_conv_pos_embeddings=4,
-        num_conv_pos_embedding_groups=2,
-    )
-    decoder = BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        is_decoder=True,
-        add_cross_attention=True,
-    )
-    torch.manual_seed(0)
-    from transformers import SpeechEncoderDecoderConfig
-
-    model = SpeechEncoderDecoderModel(SpeechEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)).eval()
-    for config in (model.config, model.generation_config):
-        config.decoder_start_token_id = 1
-        config.eos_token_id = 2
-        config.pad_token_id = 0
+    model = tiny_wav2vec2_bert()
     waveform = torch.randn(1, 1600)
-    result = _spes_test_assert(model, waveform, n_masks=6, target=[5, 6], feature_mask=TimeMasks(160))
-    assert result.spectrogram_attr.shape == (3, 1, 1600)
+    # waveform encoders are perturbed in the STFT domain: 201 bins of 40 Hz, 10 ms frames
+    result = _spes_test_assert(model, waveform, n_masks=6, target=[5, 6], feature_mask=TimeMasks(2))
+    assert result.spectrogram_attr.shape == (3, 201, 11)
     with pytest.raises(ValueError, match="inputs must have shape"):
         SPES(SpeechSeq2SeqWrapper(model)).attribute(torch.randn(1, 80, 100), n_masks=3, target=[5])
 

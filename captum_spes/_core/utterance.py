@@ -40,7 +40,9 @@ def resolve_num_frames(
         num_frames (int, optional): frames holding audio.
         num_samples (int, optional): audio samples behind ``inputs`` (e.g. ``len(waveform)``).
     """
-    total = int(adapter.to_canonical(inputs).shape[1])
+    # The utterance's own layout: a waveform model's STFT view has frames, not samples.
+    layout = adapter.utterance_layout(inputs) if isinstance(adapter, ModelAdapter) else adapter
+    total = int(layout.to_canonical(inputs).shape[1])
     if num_frames is not None and num_samples is not None:
         raise InputError("give num_frames or num_samples, not both (num_samples only serves to compute num_frames)")
     if num_frames is None and num_samples is not None and isinstance(adapter, ModelAdapter):

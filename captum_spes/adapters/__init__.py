@@ -3,8 +3,11 @@ r"""Model adapters: everything model-specific that SPES needs, looked up by mode
 
 Adapters are looked up by model class (most specific first); add one with
 :func:`register_model_adapter`. Built in: :class:`WhisperAdapter`,
-:class:`Speech2TextAdapter`, :class:`SpeechEncoderDecoderAdapter`; :class:`ModelAdapter` is
-the generic Hugging Face speech encoder-decoder and the base class of new adapters.
+:class:`Speech2TextAdapter`, :class:`SpeechEncoderDecoderAdapter` and :class:`MoonshineAdapter`
+(waveform encoders perturbed in the STFT domain, :class:`STFTLayout`), and the decoder-only
+speech LLMs :class:`Qwen2AudioAdapter` and :class:`VoxtralAdapter` (:class:`SpeechLLMAdapter`);
+:class:`ModelAdapter` is the generic Hugging Face speech encoder-decoder and the base class of
+new adapters.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from captum_spes.adapters.base import ModelAdapter
 from captum_spes.adapters.layout import LAYOUTS, InputLayout
 from captum_spes.adapters.speech2text import Speech2TextAdapter
 from captum_spes.adapters.speech_encoder_decoder import SpeechEncoderDecoderAdapter
+from captum_spes.adapters.speech_llm import Qwen2AudioAdapter, SpeechLLMAdapter, VoxtralAdapter
+from captum_spes.adapters.waveform import MoonshineAdapter, STFTLayout, WaveformAdapter
 from captum_spes.adapters.whisper import WhisperAdapter
 from captum_spes.errors import InputTypeError
 
@@ -27,6 +32,12 @@ __all__ = [
     "WhisperAdapter",
     "Speech2TextAdapter",
     "SpeechEncoderDecoderAdapter",
+    "WaveformAdapter",
+    "MoonshineAdapter",
+    "STFTLayout",
+    "SpeechLLMAdapter",
+    "Qwen2AudioAdapter",
+    "VoxtralAdapter",
     "MODEL_ADAPTERS",
     "register_model_adapter",
     "get_model_adapter",
@@ -50,6 +61,9 @@ def _register_transformers_adapters() -> None:
         ("SpeechEncoderDecoderModel", SpeechEncoderDecoderAdapter),
         ("Speech2TextForConditionalGeneration", Speech2TextAdapter),
         ("WhisperForConditionalGeneration", WhisperAdapter),
+        ("MoonshineForConditionalGeneration", MoonshineAdapter),
+        ("Qwen2AudioForConditionalGeneration", Qwen2AudioAdapter),
+        ("VoxtralForConditionalGeneration", VoxtralAdapter),
     ):
         model_class = getattr(transformers, class_name, None)
         if model_class is not None:
@@ -67,6 +81,6 @@ def get_model_adapter(model: nn.Module) -> ModelAdapter:
     supported = ", ".join(cls.__name__ for cls, _ in MODEL_ADAPTERS)
     raise InputTypeError(
         f"unsupported model {type(model).__name__}: SPES explains autoregressive speech "
-        f"encoder-decoders ({supported}); register others with "
+        f"encoder-decoders and speech LLMs ({supported}); register others with "
         "captum_spes.register_model_adapter(ModelClass, AdapterFactory)"
     )

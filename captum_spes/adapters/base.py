@@ -208,6 +208,11 @@ class ModelAdapter:
         finally:
             handle.remove()
 
+    def prepare_inputs(self, processor: Any, waveform: Any, sampling_rate: int) -> Tensor:
+        """The model input of one clip ``(1, ...)``, from the model's processor (an adapter whose
+        model needs more than features, e.g. a speech LLM's chat, also sets it up here)."""
+        return processor(waveform, sampling_rate=sampling_rate, return_tensors="pt")[self.input_name]
+
     def utterance_layout(self, inputs: Tensor) -> InputLayout:
         """The layout of one utterance's input; an adapter whose canonical view depends on the
         utterance (e.g. an STFT of a waveform, with its phase) returns one built for it."""

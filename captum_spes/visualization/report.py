@@ -28,7 +28,7 @@ import html
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +222,8 @@ def write_html_report(
     top_percent: float = 10.0,
     title: str | None = None,
     listen_top_percent: float | None = 10.0,
+    contrast: SPESResult | None = None,
+    contrast_foils: Mapping[int, str] | None = None,
     significance: float | None = 0.05,
     correction: str | None = "fdr_bh",
 ) -> Path:
@@ -248,6 +250,11 @@ def write_html_report(
             ``listen_top_percent`` % salient time-frequency bins (:func:`salient_audio`),
             cut to the word's salient region +- 0.25 s and played by its "listen" button.
             None leaves it out. Default: 10.0
+        contrast (SPESResult, optional): a contrastive explanation of the same tokens
+            (:class:`~captum_spes.impact.ContrastiveImpact`); its maps of the contrasted
+            positions are shown beside the plain ones. Default: None
+        contrast_foils (mapping, optional): contrasted position -> foil text, for the
+            panel's captions. Default: the positions whose contrastive map is not zero.
         significance (float or None, optional): elements that are not significant at this
             level (:meth:`SPESResult.significance`) are drawn faint, and the page says so.
             None, or a result without statistics, draws every element alike. Default: 0.05
@@ -314,6 +321,12 @@ def write_html_report(
     if waveform is not None and listen_top_percent is not None:
         listen = _listen_clips(result, waveform, sampling_rate, spans, listen_top_percent)
     page = _render(source, merged, spans, payload_json, waveform, sampling_rate, top_percent, title, listen)
+    if contrast is not None:
+        from captum_spes.visualization.contrast_panel import contrast_section
+
+        page = page.replace(
+            _METADATA_HEADING, contrast_section(result, contrast, _lut(), contrast_foils) + _METADATA_HEADING
+        )
     with atomic_write(target) as temporary:
         temporary.write_text(page, encoding="utf-8")
     return target
@@ -640,6 +653,8 @@ select("utterance", 0);
 document.body.dataset.ready = "1";
 })();
 """
+
+_METADATA_HEADING = "<h2>Run metadata</h2>"
 
 _TEMPLATE = (
     "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
