@@ -497,12 +497,17 @@ class SPES(PerturbationAttribution):
             "num_frames": utterance.num_frames,
             "input_frames": utterance.input_frames,
             "frame_rate": wrapper.adapter.frame_rate,
+            "row_frequencies_hz": _as_list(wrapper.adapter.row_frequencies_hz()),
             "model_id": wrapper.model_id,
             "model_class": type(wrapper.model).__name__,
             "dtype": str(utterance.inputs.dtype),
             "device": str(wrapper.device),
             "hypothesis_source": hypothesis.source,
         }
+
+
+def _as_list(values: Tensor | None) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
 
 
 def _checked_scores(scores: Tensor, batch: int) -> Tensor:

@@ -124,7 +124,7 @@ class Utterance:
             layout = adapter.utterance_layout(inputs)
         frames = resolve_num_frames(adapter, inputs, num_frames, num_samples)
         canonical = layout.to_canonical(inputs)
-        baseline, info = resolve_baseline(baselines, canonical, frames, adapter)
+        baseline, info = resolve_baseline(baselines, canonical, frames, adapter, layout)
         return cls(inputs, layout, canonical, frames, baseline, info)
 
     @property

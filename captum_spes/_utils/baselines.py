@@ -34,11 +34,14 @@ def resolve_baseline(
     canonical_full: Tensor,
     num_frames: int,
     adapter: ModelAdapter | InputLayout,
+    layout: InputLayout | None = None,
 ) -> tuple[Tensor, dict[str, object]]:
     """Resolve ``baselines`` to a tensor broadcastable to ``(n_mels, num_frames)``.
 
     ``adapter`` is the model's adapter, or a bare :class:`~captum_spes.adapters.InputLayout`
-    when no model is at hand (then ``"floor"`` is the smallest speech value).
+    when no model is at hand (then ``"floor"`` is the smallest speech value); ``layout``, the
+    utterance's own layout, converts a baseline given in the model's input layout (default:
+    the adapter's static layout).
 
     Returns:
         *tuple* of the baseline tensor and a JSON-serialisable description for metadata.
@@ -69,7 +72,8 @@ def resolve_baseline(
         tensor = baselines.to(device=speech.device, dtype=speech.dtype)
         if not torch.isfinite(tensor).all():
             raise InputError("baselines holds NaN or inf values; give finite occlusion values")
-        layout = adapter.input_layout if isinstance(adapter, ModelAdapter) else adapter
+        if layout is None:
+            layout = adapter.input_layout if isinstance(adapter, ModelAdapter) else adapter
         if tensor.dim() == layout.input_dims and tensor.shape[0] == 1:
             canonical = layout.to_canonical(tensor)
             if canonical.shape[1] == canonical_full.shape[1]:

@@ -91,6 +91,11 @@ class ModelAdapter:
         """The features' value for silence (used by ``baselines="floor"``)."""
         return canonical_full[:, :num_frames].min()
 
+    def row_frequencies_hz(self) -> Tensor | None:
+        """Centre frequency of every canonical row, or None for log-mel rows (whose Slaney-mel
+        centres the plots compute themselves)."""
+        return None
+
     def default_mask_family(self) -> MaskFamily:
         """The segmentation used when ``feature_mask`` is None: the published multi-scale SLIC
         for time-frequency inputs; 20 ms time segments for a one-row (waveform) input, where

@@ -29,6 +29,7 @@ from torch import Tensor
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper
 from captum_spes._core.spes import SPES
 from captum_spes._core.utterance import Utterance
+from captum_spes.adapters import InputLayout
 from captum_spes.errors import InputError
 from captum_spes.masks import MaskFamily, MaskLevel
 
@@ -116,19 +117,28 @@ class SpeechOnlyForward:
         wrapper (SpeechSeq2SeqWrapper): with the hypothesis set.
         canonical_full (Tensor): the clean input in canonical layout ``(n_mels, total_frames)``.
         num_frames (int): speech frames at the start of the time axis.
+        layout (InputLayout, optional): the utterance's layout (e.g. an STFT view with its
+            phase). Default: the adapter's static layout.
     """
 
-    def __init__(self, wrapper: SpeechSeq2SeqWrapper, canonical_full: Tensor, num_frames: int) -> None:
+    def __init__(
+        self,
+        wrapper: SpeechSeq2SeqWrapper,
+        canonical_full: Tensor,
+        num_frames: int,
+        layout: InputLayout | None = None,
+    ) -> None:
         self.wrapper = wrapper
         self.padding = canonical_full[:, num_frames:].detach()
         self.num_frames = num_frames
+        self.layout = layout if layout is not None else wrapper.adapter.input_layout
 
     def __call__(self, speech: Tensor) -> Tensor:
         if speech.dim() != 3 or speech.shape[-1] != self.num_frames:
             raise InputError(f"expected speech frames (batch, n_mels, {self.num_frames}), got {tuple(speech.shape)}")
         padding = self.padding.to(speech).expand(speech.shape[0], *self.padding.shape)
         full = torch.cat([speech, padding], dim=2)
-        return self.wrapper.token_log_probs(self.wrapper.adapter.from_canonical(full))
+        return self.wrapper.token_log_probs(self.layout.from_canonical(full))
 
 
 @dataclass
@@ -180,7 +190,7 @@ class MethodContext:
         return self.canonical_full[None, :, : self.num_frames]
 
     def forward(self) -> SpeechOnlyForward:
-        return SpeechOnlyForward(self.wrapper, self.canonical_full, self.num_frames)
+        return SpeechOnlyForward(self.wrapper, self.canonical_full, self.num_frames, self.utterance.layout)
 
 
 def occlusion_windows(num_frames: int, n_mels: int, window: Sequence[int], strides: Sequence[int]) -> int:

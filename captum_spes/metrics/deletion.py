@@ -222,7 +222,7 @@ def perturbed_inputs(
     Returns:
         *Tensor* model inputs ``(batch, ...)``.
     """
-    layout = adapter.input_layout if adapter is not None else InputLayout("mel_first")
+    layout = adapter.utterance_layout(features) if adapter is not None else InputLayout("mel_first")
     utterance = Utterance(features, layout, layout.to_canonical(features), int(replaced.shape[-1]), baseline)
     return utterance.perturbed_inputs(replaced)
 
@@ -323,7 +323,8 @@ def _prepare(
                 f"features[{index}] must be one utterance in the model layout with batch 1, e.g. "
                 f"(1, 80, 3000), got {getattr(feature, 'shape', type(feature).__name__)}"
             )
-        canonical = layout.to_canonical(feature)
+        view = layout.utterance_layout(feature) if isinstance(layout, ModelAdapter) else layout
+        canonical = view.to_canonical(feature)
         score_map = _speech_map(ranking_map(attribution, token_index, normalize), canonical, frame_count, index)
         utterance = Utterance.prepare(feature, layout, num_frames=int(score_map.shape[1]), baselines=baselines)
         replaced = perturbation_masks(score_map.to(canonical.device), levels, mode)

@@ -215,8 +215,18 @@ def _log_mel(features: ArrayLike, n_mels: int, n_frames: int) -> np.ndarray:
     return values[:, :n_frames]
 
 
-def _mel_axis_ticks(ax: Axes, n_mels: int, sampling_rate: int) -> None:
-    centres = mel_frequencies(n_mels, sampling_rate)
+def row_centres(result: SPESResult, sampling_rate: int) -> np.ndarray:
+    """Centre frequency in Hz of every map row: the adapter's (e.g. linear STFT bins, recorded
+    in ``metadata["row_frequencies_hz"]``), else the Slaney-mel centres of log-mel rows."""
+    recorded = result.metadata.get("row_frequencies_hz")
+    if recorded is not None and len(recorded) == result.n_mels:
+        return np.asarray(recorded, dtype=np.float64)
+    return mel_frequencies(result.n_mels, sampling_rate)
+
+
+def _mel_axis_ticks(ax: Axes, n_mels: int, sampling_rate: int, centres: np.ndarray | None = None) -> None:
+    if centres is None:
+        centres = mel_frequencies(n_mels, sampling_rate)
     # Place each round frequency at its exact (fractional) position between bin centres.
     ticks: list[float] = []
     labels: list[str] = []
@@ -267,6 +277,7 @@ def _plot_map(
     show: bool,
     significant: np.ndarray | None = None,
     legend: str | None = None,
+    centres: np.ndarray | None = None,
 ) -> FigAxis:
     from matplotlib import colors
 
@@ -316,7 +327,7 @@ def _plot_map(
             bbox={"facecolor": "black", "alpha": 0.55, "pad": 2, "edgecolor": "none"},
         )
     ax.set_xlabel("Time (s)")
-    _mel_axis_ticks(ax, n_mels, sampling_rate)
+    _mel_axis_ticks(ax, n_mels, sampling_rate, centres)
     if title:
         ax.set_title(title)
     if show_colorbar:
@@ -391,6 +402,7 @@ def plot_token_saliency(
         show=show,
         significant=significant,
         legend=legend,
+        centres=row_centres(source, sampling_rate),
     )
 
 
@@ -479,6 +491,7 @@ def plot_utterance_map(
         show=show,
         significant=significant,
         legend=legend,
+        centres=row_centres(result, int(options["sampling_rate"])),  # type: ignore[call-overload]
         **options,  # type: ignore[arg-type]
     )
 

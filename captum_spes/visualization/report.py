@@ -404,7 +404,7 @@ def _render(
     title: str | None,
     listen: list[str] | None = None,
 ) -> str:
-    from captum_spes.visualization.plots import mel_frequencies
+    from captum_spes.visualization.plots import row_centres
 
     esc = html.escape
     heading = title if title is not None else (source.text.strip() or "SPES explanation")
@@ -438,7 +438,7 @@ def _render(
     time_ticks = "".join(
         f"<span class='tick' style='left:{100 * t / duration:.3f}%'>{t:g}</span>" for t in _time_ticks(duration)
     )
-    centres = mel_frequencies(source.n_mels, sampling_rate if waveform is not None else 16000)
+    centres = row_centres(source, sampling_rate if waveform is not None else 16000)
     freq_ticks = []
     for hz in (250, 500, 1000, 2000, 4000, 6000):
         if centres[0] <= hz <= centres[-1]:
