@@ -15,6 +15,7 @@ in :data:`CONTRASTIVE_KINDS`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,12 +62,14 @@ def kl_divergence(clean_log_probs: Tensor, perturbed_log_probs: Tensor, target_i
         *Tensor* ``(batch, num_targets)``, non-negative.
     """
     clean = clean_log_probs.float()
-    perturbed = perturbed_log_probs.float()
-    # Only -inf (a token ruled out) is floored; finite log-probabilities are used as they are.
-    perturbed = torch.where(torch.isneginf(perturbed), torch.full_like(perturbed, _LOG_FLOOR), perturbed)
     probs = clean.exp()
-    terms = probs[None] * (clean[None] - perturbed)
-    terms = torch.where(probs[None] > 0, terms, torch.zeros_like(terms))
+    # A ruled-out clean token (-inf, probability 0) contributes 0 * (0 - q) = 0; elsewhere the
+    # clean value is kept, so each term is the textbook p * (log p - log q).
+    clean = clean.nan_to_num(nan=math.nan, posinf=math.inf, neginf=0.0)
+    # Only -inf (a token the perturbed model rules out) is floored; nan_to_num does it in one
+    # pass without the boolean and fill temporaries of a torch.where.
+    perturbed = perturbed_log_probs.float().nan_to_num(nan=math.nan, posinf=math.inf, neginf=_LOG_FLOOR)
+    terms = (clean[None] - perturbed).mul_(probs[None])
     # Rounding can make a tiny KL slightly negative; it is a divergence, so clamp at 0.
     return terms.sum(dim=-1).clamp_min(0.0)
 

@@ -11,15 +11,23 @@ optionally with some decoder-input token embeddings zeroed. It is the ``forward_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
 
+from captum_spes._utils.performance import (
+    IMPACT_CHUNK_BYTES,
+    check_autocast_dtype,
+    compile_teacher_forced,
+    impact_chunk_rows,
+    impacts_in_chunks,
+    precision_context,
+)
 from captum_spes.adapters import ModelAdapter, get_model_adapter
-from captum_spes.errors import InputError
+from captum_spes.errors import InputError, InputTypeError
 
 __all__ = ["Hypothesis", "SpeechSeq2SeqWrapper"]
 
@@ -115,6 +123,18 @@ class SpeechSeq2SeqWrapper(nn.Module):
         model_id (str, optional): a name recorded with every explanation. Default:
             ``model.name_or_path`` or the class name.
         adapter (ModelAdapter, optional): overrides the registered adapter.
+        autocast (torch.dtype, optional): ``torch.float16`` or ``torch.bfloat16`` runs every
+            teacher-forced pass under ``torch.autocast`` in that dtype (the model's weights are
+            not touched); log-softmax and impacts stay float32. The hypothesis is still
+            decoded by the model as it is. Default: None (the model's own dtype)
+        compile (bool, optional): compile the teacher-forced pass with ``torch.compile``
+            (inductor, weights frozen into the graph) for inference calls whose token
+            embeddings are all kept, i.e. the clean pass and SPES's spectrogram passes;
+            token-masked, decoder-only and gradient passes stay eager. The first call compiles
+            (tens of seconds on a CPU) and pays only over many masks. Default: False
+        impact_chunk_bytes (int, optional): :meth:`impacts` turns logits into float32
+            log-probabilities and impacts a few batch rows at a time, at most this many bytes
+            of log-probabilities at once (at least one row). Default: 16 MiB
     """
 
     def __init__(
@@ -124,8 +144,19 @@ class SpeechSeq2SeqWrapper(nn.Module):
         *,
         model_id: str | None = None,
         adapter: ModelAdapter | None = None,
+        autocast: torch.dtype | None = None,
+        compile: bool = False,
+        impact_chunk_bytes: int = IMPACT_CHUNK_BYTES,
     ) -> None:
         super().__init__()
+        if not isinstance(compile, bool):
+            raise InputTypeError(f"compile must be True or False, got {compile!r}")
+        if isinstance(impact_chunk_bytes, bool) or not isinstance(impact_chunk_bytes, int) or impact_chunk_bytes < 1:
+            raise InputError(f"impact_chunk_bytes must be a positive int (bytes), got {impact_chunk_bytes!r}")
+        self.autocast = check_autocast_dtype(autocast)
+        self.compile = compile
+        self.impact_chunk_bytes = impact_chunk_bytes
+        self._compiled_logits: Any = None
         self.model = model
         self.adapter = adapter if adapter is not None else get_model_adapter(model)
         self.processor = processor
@@ -256,6 +287,28 @@ class SpeechSeq2SeqWrapper(nn.Module):
         start = self.hypothesis.num_prompt - 1
         return logits[:, start : start + self.hypothesis.num_explained]
 
+    def _logits(self, input_features: Tensor, keep: Tensor | None) -> Tensor:
+        """Teacher-forced logits ``(batch, P + K, vocab)`` of a batch of model inputs."""
+        batch = input_features.shape[0]
+        ids = self._decoder_input_ids.to(input_features.device).expand(batch, -1)
+        with precision_context(self.autocast, input_features.device):
+            if self.compile and keep is None and not torch.is_grad_enabled():
+                if self._compiled_logits is None:
+                    self._compiled_logits = compile_teacher_forced(self._plain_logits)
+                return self._compiled_logits(input_features, ids)
+            with self.adapter.zeroed_token_embeddings(keep):
+                return self._plain_logits(input_features, ids)
+
+    def _plain_logits(self, input_features: Tensor, decoder_input_ids: Tensor) -> Tensor:
+        return self.adapter.logits(decoder_input_ids, model_inputs=input_features)
+
+    def _logits_from_encoder(self, encoder_outputs: Any, token_keep_mask: Tensor) -> Tensor:
+        batch = token_keep_mask.shape[0]
+        keep = self._check_keep_mask(token_keep_mask, batch)
+        ids = self._decoder_input_ids.to(self.device).expand(batch, -1)
+        with precision_context(self.autocast, self.device), self.adapter.zeroed_token_embeddings(keep):
+            return self.adapter.logits_from_encoder(ids, encoder_outputs)
+
     def forward(self, input_features: Tensor, token_keep_mask: Tensor | None = None) -> Tensor:
         r"""Log-probabilities of every explained position in one teacher-forced pass.
 
@@ -271,16 +324,45 @@ class SpeechSeq2SeqWrapper(nn.Module):
             ``torch.inference_mode``.
         """
         self.hypothesis  # noqa: B018 - raises the clear "no hypothesis is set" error
-        batch = input_features.shape[0]
-        keep = self._check_keep_mask(token_keep_mask, batch)
-        ids = self._decoder_input_ids.to(input_features.device).expand(batch, -1)
-        with self.adapter.zeroed_token_embeddings(keep):
-            logits = self.adapter.logits(ids, model_inputs=input_features)
-        return self._explained_logits(logits).float().log_softmax(dim=-1)
+        keep = self._check_keep_mask(token_keep_mask, input_features.shape[0])
+        return self._explained_logits(self._logits(input_features, keep)).float().log_softmax(dim=-1)
+
+    def impacts(
+        self,
+        input_features: Tensor,
+        measure: Callable[[Tensor, Tensor, Tensor], Tensor],
+        clean_log_probs: Tensor,
+        target_ids: Tensor,
+        token_keep_mask: Tensor | None = None,
+    ) -> Tensor:
+        r"""``measure(clean_log_probs, forward(input_features, token_keep_mask), target_ids)``
+        computed a few batch rows at a time from the logits, so the float32
+        ``(batch, K + 1, vocab)`` log-probabilities never exist in full.
+
+        Args:
+            input_features (Tensor): ``(batch, ...)`` in the model's layout.
+            measure: an impact measure (see :mod:`captum_spes.impact`); it is called on chunks
+                of rows and must score every row on its own.
+            clean_log_probs (Tensor): ``(K + 1, vocab)``, float32.
+            target_ids (Tensor): ``(K + 1,)``.
+            token_keep_mask (Tensor, optional): as in :meth:`forward`.
+
+        Returns:
+            *Tensor* ``(batch, K + 1)`` impacts.
+        """
+        self.hypothesis  # noqa: B018 - raises the clear "no hypothesis is set" error
+        keep = self._check_keep_mask(token_keep_mask, input_features.shape[0])
+        return self._chunked(measure, clean_log_probs, self._logits(input_features, keep), target_ids)
+
+    def _chunked(self, measure: Callable, clean_log_probs: Tensor, logits: Tensor, target_ids: Tensor) -> Tensor:
+        explained = self._explained_logits(logits)
+        rows = impact_chunk_rows(explained.shape[1], explained.shape[2], self.impact_chunk_bytes)
+        return impacts_in_chunks(measure, clean_log_probs, explained, target_ids, rows)
 
     def encode(self, input_features: Tensor) -> Any:
         """Encoder output for one utterance, to reuse across token-only perturbations."""
-        return self.adapter.encode(input_features)
+        with precision_context(self.autocast, input_features.device):
+            return self.adapter.encode(input_features)
 
     def forward_from_encoder(self, encoder_outputs: Any, token_keep_mask: Tensor) -> Tensor:
         r"""Like :meth:`forward` on a cached encoder output (token perturbations only).
@@ -292,13 +374,21 @@ class SpeechSeq2SeqWrapper(nn.Module):
         Returns:
             *Tensor* ``(batch, K + 1, vocab)`` log-probabilities, float32.
         """
-        batch = token_keep_mask.shape[0]
-        keep = self._check_keep_mask(token_keep_mask, batch)
-        expanded = self.adapter.expand_encoder_outputs(encoder_outputs, batch)
-        ids = self._decoder_input_ids.to(self.device).expand(batch, -1)
-        with self.adapter.zeroed_token_embeddings(keep):
-            logits = self.adapter.logits(ids, encoder_outputs=expanded)
+        logits = self._logits_from_encoder(encoder_outputs, token_keep_mask)
         return self._explained_logits(logits).float().log_softmax(dim=-1)
+
+    def impacts_from_encoder(
+        self,
+        encoder_outputs: Any,
+        token_keep_mask: Tensor,
+        measure: Callable[[Tensor, Tensor, Tensor], Tensor],
+        clean_log_probs: Tensor,
+        target_ids: Tensor,
+    ) -> Tensor:
+        r""":meth:`impacts` of decoder-only passes on a cached encoder output: impacts
+        ``(batch, K + 1)`` of ``forward_from_encoder(encoder_outputs, token_keep_mask)``."""
+        logits = self._logits_from_encoder(encoder_outputs, token_keep_mask)
+        return self._chunked(measure, clean_log_probs, logits, target_ids)
 
     def token_log_probs(self, input_features: Tensor, token_keep_mask: Tensor | None = None) -> Tensor:
         r"""Log-probability of each explained token, ``(batch, K + 1)``: a forward for Captum

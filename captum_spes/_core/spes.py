@@ -433,7 +433,7 @@ class SPES(PerturbationAttribution):
 
         def token_pass(batch: MaskBatch) -> Tensor:
             keep = (~batch.token_occluded).to(run.utterance.device)
-            return run.measure(run.clean, self.wrapper.forward_from_encoder(encoder_outputs, keep), run.target_ids)
+            return self.wrapper.impacts_from_encoder(encoder_outputs, keep, run.measure, run.clean, run.target_ids)
 
         for batch in sampler.batches(run.per_eval):
             scores = _checked_scores(run.sizer.score(batch, token_pass), batch.size)
@@ -483,8 +483,8 @@ class SPES(PerturbationAttribution):
             canonical = utterance.canonical.expand(batch.size, *utterance.canonical.shape).clone()
             canonical[:, :, : utterance.num_frames] = self._perturb(speech, occluded, utterance.baseline)
             keep = None if batch.token_occluded is None else (~batch.token_occluded).to(speech.device)
-            perturbed = self.wrapper(utterance.layout.from_canonical(canonical), keep)
-            return run.measure(run.clean, perturbed, run.target_ids)
+            inputs = utterance.layout.from_canonical(canonical)
+            return self.wrapper.impacts(inputs, run.measure, run.clean, run.target_ids, keep)
 
         return score
 

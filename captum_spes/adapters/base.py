@@ -232,6 +232,15 @@ class ModelAdapter:
         hidden = encoder_outputs[0] if isinstance(encoder_outputs, (tuple, list)) else encoder_outputs.last_hidden_state
         return (hidden.expand(batch, *hidden.shape[1:]),)
 
+    def logits_from_encoder(self, decoder_input_ids: Tensor, encoder_outputs: Any) -> Tensor:
+        r"""Teacher-forced logits ``(batch, num_decoder_inputs, vocab)`` of ``batch`` decoder
+        passes on one utterance's encoder output (batch 1, from :meth:`encode`), with
+        ``batch = decoder_input_ids.shape[0]``. Adapters may reuse work that depends only on
+        the encoder output across the rows and calls (Whisper's cross-attention keys and
+        values); the default expands it and runs :meth:`logits`."""
+        expanded = self.expand_encoder_outputs(encoder_outputs, decoder_input_ids.shape[0])
+        return self.logits(decoder_input_ids, encoder_outputs=expanded)
+
     def logits(
         self,
         decoder_input_ids: Tensor,

@@ -7,9 +7,11 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from captum_spes.adapters.base import ModelAdapter, config_int
+from captum_spes.adapters.projection_cache import ProjectionCache
 from captum_spes.errors import InputError
 
 __all__ = ["WhisperAdapter", "WHISPER_SILENCE_FEATURE"]
@@ -37,6 +39,34 @@ class WhisperAdapter(ModelAdapter):
     excluded by the detection. In float16/bfloat16 features, values within rounding of the
     padding value count as padding, so the last frame can be one fewer than in float32.
     """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        # encoder output (batch 1) -> its cross-attention keys and values; an entry goes with
+        # the encoder output it was computed from.
+        self._cross_attention = WeakIdKeyDictionary()
+
+    def logits_from_encoder(self, decoder_input_ids: Tensor, encoder_outputs: Any) -> Tensor:
+        r"""Decoder passes on one encoder output with every layer's cross-attention keys and
+        values computed once per encoder output (not once per row and pass); outside
+        inference (gradients on) or for a decoder without ``encoder_attn.k_proj``/``v_proj``
+        they are computed in the pass, as in the base adapter."""
+        hidden = encoder_outputs[0] if isinstance(encoder_outputs, (tuple, list)) else encoder_outputs.last_hidden_state
+        projections = self._cross_attention_projections()
+        if torch.is_grad_enabled() or projections is None or hidden.shape[0] != 1:
+            return super().logits_from_encoder(decoder_input_ids, encoder_outputs)
+        cache = self._cross_attention.get(hidden)
+        if cache is None or not cache.is_current(hidden):
+            cache = ProjectionCache(projections, hidden)
+            self._cross_attention[hidden] = cache
+        with cache.installed():
+            return super().logits_from_encoder(decoder_input_ids, encoder_outputs)
+
+    def _cross_attention_projections(self) -> list[nn.Module] | None:
+        layers = getattr(self.model.get_decoder(), "layers", None)
+        attentions = [getattr(layer, "encoder_attn", None) for layer in layers or []]
+        projections = [getattr(a, name, None) for a in attentions for name in ("k_proj", "v_proj")]
+        return projections if projections and all(isinstance(p, nn.Module) for p in projections) else None
 
     def padding_value(self, canonical: Tensor) -> float:
         """The value every bin of a padded frame holds in these features."""
