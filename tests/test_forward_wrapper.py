@@ -232,3 +232,84 @@ def test_gradient_methods_with_token_log_probs(wrapper, features, method):
     on_full = method(wrapper).attribute(features, target=(K, TOKEN), **kwargs)
     _check_attributions(on_log_probs, features)
     torch.testing.assert_close(on_log_probs, on_full, rtol=1e-4, atol=1e-6)
+
+
+# ----- speed paths: chunked impacts, autocast, compile ---------------------------------------
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 5 * VOCAB * 2, 2**24])
+def test_impacts_equal_the_measure_of_the_forward(model, features, chunk_bytes):
+    from captum_spes import kl_divergence
+
+    wrapper = SpeechSeq2SeqWrapper(model, impact_chunk_bytes=chunk_bytes)
+    wrapper.set_hypothesis(features, [5, 17, 42, 8], prompt_ids=[START])
+    batch = torch.cat([features, features * 0.5, features.flip(-1)])
+    keep = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 1, 1], [0, 1, 1, 1, 0]])
+    targets = torch.tensor(wrapper.hypothesis.target_ids)
+    with torch.inference_mode():
+        clean = wrapper(features)[0]
+        for token_keep in (None, keep):
+            expected = kl_divergence(clean, wrapper(batch, token_keep), targets)
+            torch.testing.assert_close(wrapper.impacts(batch, kl_divergence, clean, targets, token_keep), expected)
+        encoded = wrapper.encode(features)
+        expected = kl_divergence(clean, wrapper.forward_from_encoder(encoded, keep), targets)
+        got = wrapper.impacts_from_encoder(encoded, keep, kl_divergence, clean, targets)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_impacts_need_a_hypothesis(model, features):
+    with pytest.raises(RuntimeError, match="no hypothesis is set"):
+        SpeechSeq2SeqWrapper(model).impacts(features, None, None, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_the_model_in_half_precision_and_normalises_in_float32(model, features, dtype):
+    plain = SpeechSeq2SeqWrapper(model)
+    half = SpeechSeq2SeqWrapper(model, autocast=dtype)
+    for w in (plain, half):
+        w.set_hypothesis(features, [5, 17, 42, 8], prompt_ids=[START])
+    seen = []
+    handle = model.get_decoder().layers[0].fc1.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    try:
+        with torch.inference_mode():
+            reference, out = plain(features), half(features)
+            from_encoder = half.forward_from_encoder(half.encode(features), torch.ones(1, 5))
+    finally:
+        handle.remove()
+    assert seen == [torch.float32, dtype, dtype]
+    assert out.dtype == from_encoder.dtype == torch.float32 and torch.isfinite(out).all()
+    assert next(model.parameters()).dtype == torch.float32  # the weights are untouched
+    torch.testing.assert_close(out.exp(), reference.exp(), rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"autocast": torch.float32}, ValueError, "autocast must be None"),
+        ({"autocast": "bf16"}, ValueError, "autocast must be None"),
+        ({"compile": "yes"}, TypeError, "compile must be True or False"),
+        ({"impact_chunk_bytes": 0}, ValueError, "impact_chunk_bytes must be a positive int"),
+        ({"impact_chunk_bytes": 2.5}, ValueError, "impact_chunk_bytes must be a positive int"),
+    ],
+)
+def test_bad_speed_options(model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        SpeechSeq2SeqWrapper(model, **kwargs)
+
+
+def test_compiled_passes_match_eager_and_gradients_stay_eager(model, features):
+    eager = SpeechSeq2SeqWrapper(model)
+    compiled = SpeechSeq2SeqWrapper(model, compile=True)
+    for w in (eager, compiled):
+        w.set_hypothesis(features, [5, 17, 42, 8], prompt_ids=[START])
+    batch = torch.cat([features, features * 0.5])
+    keep = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 1, 1]])
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(batch), eager(batch), rtol=1e-4, atol=1e-4)
+        compiled_function, calls = compiled._compiled_logits, []
+        compiled._compiled_logits = lambda *args: calls.append(len(args[0])) or compiled_function(*args)
+        compiled(batch)
+        torch.testing.assert_close(compiled(batch, keep), eager(batch, keep))  # eager: token-masked
+    assert calls == [2]
+    gradient = Saliency(compiled.token_log_probs).attribute(features, target=K)
+    torch.testing.assert_close(gradient, Saliency(eager.token_log_probs).attribute(features, target=K))

@@ -35,6 +35,22 @@ def test_kl_matches_torch_kl_div_and_float64_reference():
     assert (scores > 0).all()
 
 
+def test_kl_equals_the_masked_float32_formula_bit_for_bit():
+    """The one-pass form (nan_to_num, in-place product) sums the same float32 terms as the
+    textbook ``where(p > 0, p * (log p - max(log q, floor)), 0)``, ruled-out tokens included."""
+    clean = _random_log_probs(4, 300, seed=3, scale=40.0)  # some clean probabilities underflow to 0
+    clean[0, :5] = float("-inf")
+    perturbed = _random_log_probs(6, 4, 300, seed=4, scale=12.0)
+    perturbed[1, 0, 5:9] = float("-inf")
+    perturbed[2, :, :3] = float("-inf")
+    probs = clean.exp()
+    assert (probs == 0).sum() > 5
+    floored = torch.where(torch.isneginf(perturbed), torch.full_like(perturbed, -1.0e4), perturbed)
+    terms = torch.where(probs[None] > 0, probs[None] * (clean[None] - floored), torch.zeros(()))
+    expected = terms.sum(-1).clamp_min(0.0)
+    assert torch.equal(kl_divergence(clean, perturbed, torch.zeros(4, dtype=torch.long)), expected)
+
+
 def test_kl_is_zero_for_identical_distributions():
     clean = _random_log_probs(5, 30, seed=2)
     scores = kl_divergence(clean, clean[None].expand(2, 5, 30), torch.zeros(5, dtype=torch.long))
