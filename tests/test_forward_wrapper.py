@@ -287,7 +287,9 @@ def test_autocast_runs_the_model_in_half_precision_and_normalises_in_float32(mod
     [
         ({"autocast": torch.float32}, ValueError, "autocast must be None"),
         ({"autocast": "bf16"}, ValueError, "autocast must be None"),
-        ({"compile": "yes"}, TypeError, "compile must be True or False"),
+        ({"compile": "yes"}, TypeError, "compile must be True, False or a dict"),
+        ({"compile": {"mood": "max-autotune"}}, ValueError, r"unknown torch.compile arguments \['mood'\]"),
+        ({"compile": {"mode": "fastest"}}, ValueError, "compile= was refused by torch.compile"),
         ({"impact_chunk_bytes": 0}, ValueError, "impact_chunk_bytes must be a positive int"),
         ({"impact_chunk_bytes": 2.5}, ValueError, "impact_chunk_bytes must be a positive int"),
     ],

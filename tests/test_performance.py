@@ -8,6 +8,8 @@ from captum_spes import SPES, ContrastiveImpact, InputError, SpeechSeq2SeqWrappe
 from captum_spes._utils.performance import (
     IMPACT_CHUNK_BYTES,
     check_autocast_dtype,
+    check_compile_options,
+    compile_teacher_forced,
     impact_chunk_rows,
     impacts_in_chunks,
     precision_context,
@@ -39,6 +41,40 @@ def test_precision_context_runs_matmuls_in_the_dtype():
         assert (a @ a).dtype == torch.bfloat16
     with precision_context(None, a.device):
         assert (a @ a).dtype == torch.float32
+
+
+def test_compile_options():
+    assert check_compile_options(True) == {} and check_compile_options(False) is None
+    assert check_compile_options({}) == {}  # an empty dict compiles with the defaults, like True
+    assert check_compile_options({"mode": "reduce-overhead"}) == {"mode": "reduce-overhead"}
+    with pytest.raises(InputError, match="a mode or options, not both"):
+        check_compile_options({"mode": "reduce-overhead", "options": {"freezing": True}})
+    with pytest.raises(InputError, match=r"unknown torch.compile arguments \['fullgrahp'\]"):
+        check_compile_options({"fullgrahp": True})
+    with pytest.raises(TypeError, match="compile must be True, False or a dict"):
+        check_compile_options(1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, {"options": {"freezing": True}}),
+        ({"options": {"max_autotune": True}}, {"options": {"freezing": True, "max_autotune": True}}),
+        ({"options": {"freezing": False}, "dynamic": True}, {"options": {"freezing": False}, "dynamic": True}),
+        ({"mode": "reduce-overhead", "fullgraph": True}, {"mode": "reduce-overhead", "fullgraph": True}),
+    ],
+)
+def test_compile_teacher_forced_hands_the_arguments_to_torch_compile(monkeypatch, kwargs, expected):
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda function, **given: seen.update(given) or function)
+    compile_teacher_forced(torch.neg, **kwargs)
+    assert seen == expected
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "fastest"}, {"backend": "no-such-backend"}])
+def test_compile_arguments_torch_refuses_are_an_input_error(kwargs):
+    with pytest.raises(InputError, match="compile= was refused by torch.compile"):
+        compile_teacher_forced(torch.neg, **kwargs)
 
 
 def test_chunk_rows_fit_the_byte_budget():

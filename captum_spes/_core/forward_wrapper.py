@@ -21,13 +21,14 @@ from torch import Tensor, nn
 from captum_spes._utils.performance import (
     IMPACT_CHUNK_BYTES,
     check_autocast_dtype,
+    check_compile_options,
     compile_teacher_forced,
     impact_chunk_rows,
     impacts_in_chunks,
     precision_context,
 )
 from captum_spes.adapters import ModelAdapter, get_model_adapter
-from captum_spes.errors import InputError, InputTypeError
+from captum_spes.errors import InputError
 
 __all__ = ["Hypothesis", "SpeechSeq2SeqWrapper"]
 
@@ -127,11 +128,15 @@ class SpeechSeq2SeqWrapper(nn.Module):
             teacher-forced pass under ``torch.autocast`` in that dtype (the model's weights are
             not touched); log-softmax and impacts stay float32. The hypothesis is still
             decoded by the model as it is. Default: None (the model's own dtype)
-        compile (bool, optional): compile the teacher-forced pass with ``torch.compile``
-            (inductor, weights frozen into the graph) for inference calls whose token
-            embeddings are all kept, i.e. the clean pass and SPES's spectrogram passes;
-            token-masked, decoder-only and gradient passes stay eager. The first call compiles
-            (tens of seconds on a CPU) and pays only over many masks. Default: False
+        compile (bool or dict, optional): compile the teacher-forced pass with
+            ``torch.compile`` (inductor, weights frozen into the graph) for inference calls
+            whose token embeddings are all kept, i.e. the clean pass and SPES's spectrogram
+            passes; token-masked, decoder-only and gradient passes stay eager. A dict gives
+            ``torch.compile`` keyword arguments (``mode``, ``options``, ``dynamic``,
+            ``fullgraph``, ``backend``) and compiles too, e.g. ``{"mode": "reduce-overhead"}``
+            for CUDA graphs (a mode replaces the frozen-weights default). Arguments
+            ``torch.compile`` refuses raise here; the first pass compiles (tens of seconds on
+            a CPU) and pays only over many masks. Default: False
         impact_chunk_bytes (int, optional): :meth:`impacts` turns logits into float32
             log-probabilities and impacts a few batch rows at a time, at most this many bytes
             of log-probabilities at once (at least one row). Default: 16 MiB
@@ -145,18 +150,16 @@ class SpeechSeq2SeqWrapper(nn.Module):
         model_id: str | None = None,
         adapter: ModelAdapter | None = None,
         autocast: torch.dtype | None = None,
-        compile: bool = False,
+        compile: bool | dict[str, Any] = False,
         impact_chunk_bytes: int = IMPACT_CHUNK_BYTES,
     ) -> None:
         super().__init__()
-        if not isinstance(compile, bool):
-            raise InputTypeError(f"compile must be True or False, got {compile!r}")
+        compile_options = check_compile_options(compile)
         if isinstance(impact_chunk_bytes, bool) or not isinstance(impact_chunk_bytes, int) or impact_chunk_bytes < 1:
             raise InputError(f"impact_chunk_bytes must be a positive int (bytes), got {impact_chunk_bytes!r}")
         self.autocast = check_autocast_dtype(autocast)
-        self.compile = compile
+        self.compile = compile_options is not None
         self.impact_chunk_bytes = impact_chunk_bytes
-        self._compiled_logits: Any = None
         self.model = model
         self.adapter = adapter if adapter is not None else get_model_adapter(model)
         self.processor = processor
@@ -169,6 +172,10 @@ class SpeechSeq2SeqWrapper(nn.Module):
         )
         self._hypothesis: Hypothesis | None = None
         self._decoder_input_ids: Tensor | None = None
+        # Wrapped now so that torch.compile refuses bad arguments here; it compiles on the first pass.
+        self._compiled_logits: Callable[..., Tensor] | None = (
+            None if compile_options is None else compile_teacher_forced(self._plain_logits, **compile_options)
+        )
 
     # ----- hypothesis ---------------------------------------------------------------
     @property
@@ -292,9 +299,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
         batch = input_features.shape[0]
         ids = self._decoder_input_ids.to(input_features.device).expand(batch, -1)
         with precision_context(self.autocast, input_features.device):
-            if self.compile and keep is None and not torch.is_grad_enabled():
-                if self._compiled_logits is None:
-                    self._compiled_logits = compile_teacher_forced(self._plain_logits)
+            if self._compiled_logits is not None and keep is None and not torch.is_grad_enabled():
                 return self._compiled_logits(input_features, ids)
             with self.adapter.zeroed_token_embeddings(keep):
                 return self._plain_logits(input_features, ids)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captum_spes.errors import InputError
+from captum_spes.errors import InputError, InputTypeError
 
 __all__ = [
     "AUTOCAST_DTYPES",
@@ -27,6 +27,8 @@ __all__ = [
     "precision_context",
     "impact_chunk_rows",
     "impacts_in_chunks",
+    "COMPILE_KEYWORDS",
+    "check_compile_options",
     "compile_teacher_forced",
 ]
 
@@ -100,16 +102,48 @@ def impacts_in_chunks(
     return scores[0] if len(scores) == 1 else torch.cat(scores)
 
 
-def compile_teacher_forced(function: Callable[..., Tensor], options: dict[str, Any] | None = None) -> Callable:
-    r"""``function`` compiled with ``torch.compile`` (inductor) for inference passes.
+#: ``torch.compile`` keyword arguments the wrapper's ``compile=`` dict may give
+COMPILE_KEYWORDS = ("mode", "options", "dynamic", "fullgraph", "backend")
 
-    Weights are frozen into the compiled graph (inductor's ``freezing``, which lets it pre-pack
-    them and fuse the bias into the matrix product): the compiled pass serves
-    ``torch.inference_mode`` / ``no_grad`` calls on an unchanged model. The first call compiles
-    (tens of seconds on a small CPU); a new batch size recompiles once with a dynamic batch.
+
+def check_compile_options(compile: Any) -> dict[str, Any] | None:
+    """``torch.compile`` keyword arguments for ``compile`` (None: eager, True: ``{}``); else a clear error."""
+    if isinstance(compile, bool):
+        return {} if compile else None
+    if not isinstance(compile, dict):
+        raise InputTypeError(
+            f"compile must be True, False or a dict of torch.compile arguments, got {type(compile).__name__}"
+        )
+    unknown = sorted(set(compile) - set(COMPILE_KEYWORDS))
+    if unknown:
+        raise InputError(f"compile= got unknown torch.compile arguments {unknown}; use any of {list(COMPILE_KEYWORDS)}")
+    if compile.get("mode") is not None and compile.get("options") is not None:
+        raise InputError("compile= takes a mode or options, not both (torch.compile refuses the pair)")
+    return dict(compile)
+
+
+def compile_teacher_forced(function: Callable[..., Tensor], **compile_kwargs: Any) -> Callable:
+    r"""``function`` wrapped by ``torch.compile`` for inference passes; compiled on its first call.
+
+    By default inductor freezes the weights into the compiled graph (its ``freezing`` option,
+    which lets it pre-pack them and fuse the bias into the matrix product): the compiled pass
+    serves ``torch.inference_mode`` / ``no_grad`` calls on an unchanged model. The first call
+    compiles (tens of seconds on a small CPU); a new batch size recompiles once with a
+    dynamic batch.
 
     Args:
         function: ``f(model_inputs, decoder_input_ids) -> logits``.
-        options (dict, optional): inductor options overriding the default ``{"freezing": True}``.
+        **compile_kwargs: ``torch.compile`` arguments (:data:`COMPILE_KEYWORDS`); ``options``
+            are merged over ``{"freezing": True}``; with a ``mode`` (e.g. ``"reduce-overhead"``:
+            CUDA graphs) the mode's own settings apply and the weights are not frozen.
+
+    Raises:
+        InputError: ``torch.compile`` refused the arguments (an unknown mode or backend), raised
+            here rather than at the first pass.
     """
-    return torch.compile(function, options={"freezing": True, **(options or {})})
+    if compile_kwargs.get("mode") is None:
+        compile_kwargs["options"] = {"freezing": True, **(compile_kwargs.get("options") or {})}
+    try:
+        return torch.compile(function, **compile_kwargs)
+    except (RuntimeError, ValueError) as error:
+        raise InputError(f"compile= was refused by torch.compile: {error}") from error
