@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from captum_spes import SPES, CoarseToFine, SpeechSeq2SeqWrapper, SPESResult
+from captum_spes import SPES, CoarseToFine, Estimator, SpeechSeq2SeqWrapper, SPESResult
+from captum_spes._core.estimators import resolve_estimator
 from captum_spes.comparison import compare
 from captum_spes.data import load_sample
 from captum_spes.metrics import (
@@ -60,6 +61,50 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "coarse_to_fine_half": {"estimator": CoarseToFine(coarse_fraction=0.5)},
     "coarse_to_fine_fine_atoms": {"estimator": CoarseToFine(masks_per_atom=1.0)},
 }
+
+
+class Recording(Estimator):
+    """Passes everything to ``inner`` and keeps every batch it receives, so that other
+    settings of the same estimator can be replayed offline on exactly these masks."""
+
+    def __init__(self, inner: Estimator) -> None:
+        super().__init__()
+        self.inner = inner
+        self.name = inner.name
+
+    def bind(self, num_targets: int, segments_per_level: Any, device: Any) -> Estimator:
+        bound = Recording(self.inner.bind(num_targets, segments_per_level, device))
+        bound.batches = []
+        bound._bound = True
+        return bound
+
+    def _allocate(self) -> None:  # the inner estimator holds the sums
+        pass
+
+    def add(self, level: int, scores: torch.Tensor, occluded: torch.Tensor) -> None:
+        self.batches.append((level, scores.detach().cpu().float(), occluded.detach().cpu().bool()))
+        self.inner.add(level, scores, occluded)
+
+    def merge(self, other: Estimator) -> None:
+        self.inner.merge(other.inner if isinstance(other, Recording) else other)
+
+    def masks_seen(self) -> int:
+        return self.inner.masks_seen()
+
+    def plan(self, utterance: Any, levels: Any, n_masks: int, p: float) -> Any:
+        return self.inner.plan(utterance, levels, n_masks, p)
+
+    def finalize(self, labels: Any) -> Any:
+        return self.inner.finalize(labels)
+
+    def config(self) -> dict[str, Any]:
+        return self.inner.config()
+
+    def for_tokens(self) -> Estimator:
+        return self.inner.for_tokens()
+
+    def save(self, path: Path) -> None:
+        torch.save([(level, scores, occluded) for level, scores, occluded in self.batches], path)
 
 
 class Study:
@@ -93,6 +138,17 @@ class Study:
         if path.exists():
             return
         started = time.perf_counter()
+        settings = dict(CONFIGS[config])
+        recorder = Recording(resolve_estimator(settings.pop("estimator", "reference")))
+        recorded: list[Recording] = []
+        original_bind = recorder.bind
+
+        def bind(*args: Any) -> Estimator:
+            bound = original_bind(*args)
+            recorded.append(bound)
+            return bound
+
+        recorder.bind = bind  # type: ignore[method-assign]
         result = SPES(self.wrapper).attribute(
             self.features(clip),
             n_masks=budget,
@@ -101,9 +157,12 @@ class Study:
             perturbations_per_eval=self.batch_size,
             num_samples=int(self.sample(clip).waveform.shape[0]),
             utterance_id=clip,
-            **CONFIGS[config],
+            estimator=recorder,
+            **settings,
         )
         result.save(path)
+        # The spectrogram estimator is the first one bound (the token map's comes after).
+        recorded[0].save(path.with_suffix(".trace.pt"))
         print(f"{path.name}: {time.perf_counter() - started:.0f} s, {result.num_units} units", flush=True)
 
 
