@@ -17,6 +17,12 @@ sampling stops when the one selected by ``criterion`` reaches ``threshold``, or 
     The same overlap for each token's own map, averaged over tokens: whether the halves
     agree on *where* each token's evidence is.
 
+``criterion="significant_top"``, :func:`significant_top_share`
+    Not a split-half statistic: on all masks so far, the share of each token's top
+    ``top_percent`` % elements that are significant at ``alpha`` (Benjamini-Hochberg per token,
+    :meth:`SPESResult.significance`), averaged over tokens: whether what a user reads first is
+    separated from the Monte-Carlo noise with confidence.
+
 ``criterion="reliability"``, :func:`split_half_reliability`
     The Pearson correlation between the two half-maps of each token (segment resolution,
     every level), averaged over tokens to ``r`` and stepped up to the full map with the
@@ -46,7 +52,7 @@ from captum_spes.errors import InputError
 from captum_spes.normalizers import normalize_reference
 
 if TYPE_CHECKING:
-    from captum_spes._core.estimators import Estimator
+    from captum_spes._core.estimators import Estimate, Estimator
 
 #: runs one round: ``(masks per level, round index, half estimator)``
 RoundFn = Callable[[Sequence[int], int, "Estimator"], None]
@@ -55,6 +61,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "AdaptiveMasks",
     "run_adaptive",
+    "significant_top_share",
     "split_half_reliability",
     "split_half_top_overlap",
     "split_half_utterance_overlap",
@@ -64,13 +71,19 @@ __all__ = [
 #: are what the split-half statistics reach at about 2000 masks on 3 s LibriVox clips with
 #: Whisper tiny.en, the budget at which deletion AUC and the pointing game match a
 #: 20 000-mask map there (docs/results.md, sections 4 and 5). Change them here only.
-DEFAULT_THRESHOLDS: dict[str, float] = {"utterance_top_overlap": 0.25, "top_overlap": 0.2, "reliability": 0.95}
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "utterance_top_overlap": 0.25,
+    "top_overlap": 0.2,
+    "reliability": 0.95,
+    "significant_top": 0.9,
+}
 
 #: name of the statistic reported in ``config()["criterion"]``, per criterion
 STATISTIC_NAMES: dict[str, str] = {
     "utterance_top_overlap": "split_half_utterance_top_overlap",
     "top_overlap": "split_half_top_overlap",
     "reliability": "split_half_reliability_spearman_brown",
+    "significant_top": "significant_share_of_the_top",
 }
 
 
@@ -84,7 +97,9 @@ class AdaptiveMasks:
             ``top_percent`` % elements, :func:`split_half_utterance_overlap`),
             ``"top_overlap"`` (the same per token, :func:`split_half_top_overlap`) or
             ``"reliability"`` (Spearman-Brown corrected split-half correlation of the whole
-            map, :func:`split_half_reliability`). All three are computed and recorded.
+            map, :func:`split_half_reliability`) or ``"significant_top"`` (the share of each
+            token's top that is significant, :func:`significant_top_share`). All four are
+            computed and recorded.
             Default: "utterance_top_overlap"
         threshold (float or None): value of the criterion to reach. None takes the
             criterion's default from :data:`DEFAULT_THRESHOLDS`. Must be in (0, 1) for
@@ -302,7 +317,7 @@ def run_adaptive(
     threshold = rule.resolved_threshold
     used = [0] * num_levels
     history: list[dict[str, float]] = []
-    statistics = {name: float("nan") for name in ("utterance_top_overlap", "top_overlap", "reliability")}
+    statistics = {name: float("nan") for name in DEFAULT_THRESHOLDS}
     round_index = 0
     while sum(used) < rule.max_masks:
         size = min(rule.round_size, rule.max_masks - sum(used))
@@ -320,7 +335,11 @@ def run_adaptive(
         statistics["utterance_top_overlap"] = split_half_utterance_overlap(
             first.attribution, second.attribution, rule.top_percent
         )
-        del first, second
+        pooled = halves[0].empty_like()
+        pooled.merge(halves[0])
+        pooled.merge(halves[1])
+        statistics["significant_top"] = significant_top_share(pooled.finalize(labels), rule.top_percent)
+        del first, second, pooled
         history.append({"masks": sum(used), **statistics})
         if sum(used) >= rule.min_masks and statistics[rule.criterion] >= threshold:
             break
@@ -337,3 +356,26 @@ def run_adaptive(
         "history": history,
     }
     return used, info
+
+
+def significant_top_share(estimate: Estimate, top_percent: float, alpha: float = 0.05) -> float:
+    r"""Mean over tokens of the share of the token's top ``top_percent`` % elements (expected,
+    under random tie-breaking) that are significant at ``alpha`` (Benjamini-Hochberg over the
+    token's units, one-sided).
+
+    Args:
+        estimate (Estimate): an estimator's output.
+        top_percent (float): size of the top, in (0, 100].
+        alpha (float, optional): level. Default: 0.05
+
+    Returns:
+        *float* in [0, 1]: 1 when every token's top is distinguishable from noise.
+    """
+    from captum_spes.metrics.stability import top_membership
+    from captum_spes.statistics import significant
+
+    maps = estimate.attribution.reshape(estimate.attribution.shape[0], -1)
+    k = min(maps.shape[1], max(1, math.floor(maps.shape[1] * top_percent / 100 + 0.5)))
+    membership = top_membership(maps, k)
+    found = significant(estimate.z, alpha)[:, estimate.units.reshape(-1).to(estimate.z.device)]
+    return float(((membership * found.to(membership.dtype)).sum(dim=1) / k).mean())
