@@ -3,11 +3,13 @@ float32, on the embedded tiny.en (the ``[models]`` extra) and the demo clip.
 
 Run: ``python -m pytest benchmarks/test_bench_demo.py --benchmark-json=demo.json``.
 
-- ``test_demo_attribution``: the fixed demo configuration (librivox_0880, ``n_masks=200``, the
-  default decoupled token map with as many token masks, seed 0, batch 8, estimator
-  "reference"), the previous float32 path (no cross-attention cache, whole-batch
-  log-softmax, KL with ``torch.where`` temporaries) and today's, alternated (A B A B) in one
-  process; the maps must agree to float rounding. ``speedup`` = previous / today.
+- ``test_demo_attribution``: the fixed demo configuration (librivox_0880, ``n_masks=200``
+  or ``CAPTUM_SPES_BENCH_DEMO_MASKS``, the default decoupled token map with as many token
+  masks, seed 0, batch 8, estimator "reference"), the previous float32 path (no
+  cross-attention cache, whole-batch log-softmax, KL with ``torch.where`` temporaries) and
+  today's, alternated (A B A B, ``CAPTUM_SPES_BENCH_ROUNDS`` rounds) in one process; the maps
+  must agree to float rounding (``max_abs_difference``). ``speedup`` = previous / today
+  (fastest round of each).
 - ``test_half_precision_agreement``: the same masks in float32 and in each half-precision
   option of the device (CPU: bfloat16 weights and bfloat16 autocast; CUDA: float16 and
   bfloat16 autocast), with a second float32 seed as the Monte-Carlo reference: Spearman per
@@ -27,7 +29,13 @@ from captum_spes import SPES, SpeechSeq2SeqWrapper
 from captum_spes.data import load_sample
 from captum_spes.metrics import seed_agreement
 
-DEMO = {"n_masks": 200, "seed": 0, "perturbations_per_eval": 8, "estimator": "reference"}
+#: ``captum-spes demo``'s attribution; ``CAPTUM_SPES_BENCH_DEMO_MASKS`` sets fewer masks for a shorter run
+DEMO = {
+    "n_masks": int(os.environ.get("CAPTUM_SPES_BENCH_DEMO_MASKS", 200)),
+    "seed": 0,
+    "perturbations_per_eval": 8,
+    "estimator": "reference",
+}
 
 
 def _tiny_en(device: str, dtype: torch.dtype | None = None):
@@ -71,6 +79,10 @@ def test_demo_attribution(benchmark, device):
     benchmark.pedantic(alternate, rounds=1, iterations=1)
     torch.testing.assert_close(results["today"].spectrogram_attr, results["previous"].spectrogram_attr)
     torch.testing.assert_close(results["today"].token_attr, results["previous"].token_attr)
+    differences = {
+        name: (getattr(results["today"], name) - getattr(results["previous"], name)).abs().max().item()
+        for name in ("spectrogram_attr", "token_attr")
+    }
     benchmark.extra_info.update(
         device=device,
         chip=chip(device),
@@ -80,6 +92,8 @@ def test_demo_attribution(benchmark, device):
         token_masks=results["today"].metadata["n_token_masks"],
         seconds=seconds,
         speedup=round(min(seconds["previous"]) / min(seconds["today"]), 3),
+        max_abs_difference=differences,
+        map_scale={name: getattr(results["previous"], name).abs().max().item() for name in differences},
         load_average=load_average(),
     )
 
