@@ -609,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_compare_arguments(sub)
     sub.set_defaults(func=compare.run_compare)
+    from captum_spes.dataset.cli import add_dataset_commands
+
+    add_dataset_commands(commands)
     return parser
 
 
