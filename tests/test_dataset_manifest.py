@@ -73,17 +73,17 @@ def test_column_mapping_reads_fields_from_other_columns(corpus: Path) -> None:
         (
             [{"id": "a", "audio": "audio/a.wav"}, {"id": "a", "audio": "audio/b.flac"}],
             r"line 3: duplicate id 'a' \(first at m\.csv line 2\)",
-        ),  # noqa: E501
+        ),
         (
             [{"id": "a", "audio": "audio/a.wav"}, {"id": "b", "audio": ""}],
             r"m\.csv line 3 \(id 'b'\): the 'audio' value is empty",
-        ),  # noqa: E501
+        ),
         ([{"id": "", "audio": "audio/a.wav"}], r"m\.csv line 2: the 'id' value is empty"),
         ([{"id": "a", "audio": "audio/a.wav", "task": "summarise"}], r"line 2 \(id 'a'\): task must be one of"),
         (
             [{"id": "a", "audio": "audio/a.wav", "alignment": "missing.TextGrid"}],
             r"line 2 \(id 'a'\): alignment file .*missing\.TextGrid does not exist",
-        ),  # noqa: E501
+        ),
     ],
 )
 def test_structural_errors_name_the_row(corpus: Path, rows: list[dict[str, str]], message: str) -> None:

@@ -150,6 +150,7 @@ class CorpusEvaluation:
         pointing_accuracy, pointing_chance, mass_in_span, mass_chance (float): plausibility
             micro-averages over matched words (NaN without alignments).
         num_words_matched (int): words scored for plausibility.
+        num_aligned (int): utterances with an alignment.
         num_utterances (int): utterances in the corpus scores.
         failures (list of tuple): ``(id, error)`` of utterances that could not be evaluated.
         settings (dict): the evaluation settings and the metric.
@@ -163,6 +164,7 @@ class CorpusEvaluation:
     mass_in_span: float
     mass_chance: float
     num_words_matched: int
+    num_aligned: int
     num_utterances: int
     failures: list[tuple[str, str]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -345,6 +347,7 @@ def reduce_corpus(
         pointing_accuracy=_mean([w[2] for w in words]),
         pointing_chance=_mean([w[3] for w in words]),
         num_words_matched=len(words),
+        num_aligned=sum(1 for r in records if r["plausibility"] is not None),
         num_utterances=len(records),
         failures=list(failures),
         settings={**asdict(settings), "metric": metric},

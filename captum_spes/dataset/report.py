@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +26,7 @@ def evaluation_table(evaluation: CorpusEvaluation) -> list[tuple[str, str, str]]
     """``(measure, value, better)`` rows of the corpus table."""
     rows = [("utterances evaluated", str(evaluation.num_utterances), "")]
     if evaluation.failures:
-        rows.append(("utterances that failed evaluation", str(len(evaluation.failures)), ""))
+        rows.append(("utterances left out (failed)", str(len(evaluation.failures)), ""))
     for curve in evaluation.curves.values():
         better = _better(curve.direction)
         rows.append((f"{curve.mode} AUC ({curve.metric}, mean over 0-100 %)", f"{curve.auc:.2f}", better))
@@ -33,13 +34,18 @@ def evaluation_table(evaluation: CorpusEvaluation) -> list[tuple[str, str, str]]
     rows.append(("size AUC, spectrogram (0-100)", f"{evaluation.size_spectrogram_auc:.2f}", "lower"))
     if evaluation.size_token_auc is not None:
         rows.append(("size AUC, token map (0-100)", f"{evaluation.size_token_auc:.2f}", "lower"))
-    if evaluation.num_words_matched:
-        rows.append(("words scored for plausibility", str(evaluation.num_words_matched), ""))
-        rows.append(("pointing game accuracy", f"{evaluation.pointing_accuracy:.3f}", "higher"))
-        rows.append(("pointing game chance", f"{evaluation.pointing_chance:.3f}", ""))
-        rows.append(("mass in span", f"{evaluation.mass_in_span:.3f}", "higher"))
-        rows.append(("mass in span chance", f"{evaluation.mass_chance:.3f}", ""))
+    if evaluation.num_aligned:
+        rows.append(("utterances with an alignment", str(evaluation.num_aligned), ""))
+        rows.append(("hypothesis words matched to aligned words", str(evaluation.num_words_matched), ""))
+        rows.append(("pointing game accuracy", _ratio(evaluation.pointing_accuracy), "higher"))
+        rows.append(("pointing game chance", _ratio(evaluation.pointing_chance), ""))
+        rows.append(("mass in span", _ratio(evaluation.mass_in_span), "higher"))
+        rows.append(("mass in span chance", _ratio(evaluation.mass_chance), ""))
     return rows
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
