@@ -107,6 +107,9 @@ def test_done_beats_failed_and_failures_are_retried_only_when_asked(tmp_path: Pa
     store.shards.append(0, store.failed_record(_utterance("b"), RuntimeError("second"), 0.5, "cpu"))
     records = store.records()
     assert records["a"]["status"] == DONE and records["a"]["rank"] == 1
+    _done(store, "a", rank=2)  # explained again later: the latest done record is the one
+    records = store.records()
+    assert records["a"]["rank"] == 2
     assert records["b"]["status"] == FAILED and records["b"]["error"] == "RuntimeError: second"
     utterances = [_utterance("a"), _utterance("b")]
     assert store.pending(utterances) == []

@@ -221,20 +221,23 @@ class RecordShards:
     def latest(self, is_complete: Callable[[Mapping[str, Any]], bool]) -> dict[str, dict[str, Any]]:
         r"""The current record of every id.
 
-        A complete ``done`` record (``is_complete``) wins over any failure; otherwise the
-        latest failure is kept; incomplete ``done`` records do not count.
+        A complete ``done`` record (``is_complete``) wins over any failure; among records of
+        the same status the latest (``finished_at``) wins; incomplete ``done`` records do
+        not count.
         """
         best: dict[str, dict[str, Any]] = {}
         for shard in self.paths():
             for record in _read_records(shard):
-                complete = record["status"] == DONE and is_complete(record)
-                if record["status"] == DONE and not complete:
+                if record["status"] == DONE and not is_complete(record):
                     continue
                 held = best.get(record["id"])
                 if (
                     held is None
-                    or (complete and held["status"] != DONE)
-                    or (held["status"] == FAILED and record.get("finished_at", "") >= held.get("finished_at", ""))
+                    or (record["status"] == DONE and held["status"] != DONE)
+                    or (
+                        record["status"] == held["status"]
+                        and record.get("finished_at", "") >= held.get("finished_at", "")
+                    )
                 ):
                     best[record["id"]] = record
         return best
