@@ -33,6 +33,14 @@ def _explain(manifest: Path, out: Path, model: Path, *extra: str) -> int:
     )
 
 
+def _explained(tmp_path: Path, model: Path, count: int) -> tuple[Path, Path]:
+    """``(manifest, out)`` of a finished run on the first ``count`` clips."""
+    manifest = write_manifest(tmp_path / "m.csv", clip_rows(CLIPS[:count]))
+    out = tmp_path / "run"
+    assert _explain(manifest, out, model) == 0
+    return manifest, out
+
+
 def _index(out: Path) -> dict[str, dict]:
     return {r["id"]: r for r in DatasetStore(out).read_index()}
 
@@ -96,9 +104,7 @@ def test_bad_utterances_are_recorded_as_failed_and_the_run_goes_on(
 def test_a_rerun_skips_what_is_done_and_redoes_what_was_interrupted(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    manifest = write_manifest(tmp_path / "m.csv", clip_rows(CLIPS[:3]))
-    out = tmp_path / "run"
-    assert _explain(manifest, out, tiny_model) == 0
+    manifest, out = _explained(tmp_path, tiny_model, 3)
     store = DatasetStore(out)
     before = {i: SPESResult.load(out / r["result"]).spectrogram_attr.clone() for i, r in _index(out).items()}
     # Simulate a kill while CLIPS[1] was written: its record is gone and its file is half there.
@@ -125,9 +131,7 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_was_interrupted(
 def test_other_settings_are_refused_unless_mixing_is_asked_for(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    manifest = write_manifest(tmp_path / "m.csv", clip_rows(CLIPS[:1]))
-    out = tmp_path / "run"
-    assert _explain(manifest, out, tiny_model) == 0
+    manifest, out = _explained(tmp_path, tiny_model, 1)
     capsys.readouterr()
     assert _explain(manifest, out, tiny_model, "--seed", "3", "--token-p", "none") == 1
     error = capsys.readouterr().err
@@ -160,9 +164,7 @@ def test_bad_options_are_one_line_errors_before_any_work(
 def test_evaluate_prints_and_writes_the_corpus_table(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    manifest = write_manifest(tmp_path / "m.csv", clip_rows(CLIPS[:2]))
-    out = tmp_path / "run"
-    assert _explain(manifest, out, tiny_model) == 0
+    _, out = _explained(tmp_path, tiny_model, 2)
     capsys.readouterr()
     arguments = ["evaluate", str(out), "--step", "25", "--num-beams", "2", "--threads", "1", "--no-progress"]
     assert cli.main(arguments) == 0

@@ -59,6 +59,16 @@ def _common_options(parser: argparse.ArgumentParser, *, batch_size: int) -> None
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _decoding_options(parser: argparse.ArgumentParser, what: str, *, num_beams: int, no_repeat_ngram_size: int) -> None:
+    parser.add_argument("--num-beams", type=int, default=num_beams, help=f"beams {what} (default: {num_beams})")
+    parser.add_argument(
+        "--no-repeat-ngram-size",
+        type=int,
+        default=no_repeat_ngram_size,
+        help=f"no repeated n-grams of this size {what}, 0: off (default: {no_repeat_ngram_size})",
+    )
+
+
 def add_dataset_commands(subparsers: Any) -> None:
     """Add ``explain-dataset`` and ``evaluate`` to the ``captum-spes`` sub-command parsers."""
     from captum_spes.cli import PAPER_N_MASKS, _n_masks_argument
@@ -96,10 +106,7 @@ def add_dataset_commands(subparsers: Any) -> None:
         default=0.5,
         help="occlusion probability of decoder inputs, or 'none' for no token map (default: 0.5)",
     )
-    explain.add_argument("--num-beams", type=int, default=1, help="beams decoding the hypothesis (default: 1)")
-    explain.add_argument(
-        "--no-repeat-ngram-size", type=int, default=0, help="no repeated n-grams in the hypothesis (default: 0, off)"
-    )
+    _decoding_options(explain, "decoding the hypothesis", num_beams=1, no_repeat_ngram_size=0)
     explain.add_argument(
         "--column",
         type=_column_argument,
@@ -131,10 +138,7 @@ def add_dataset_commands(subparsers: Any) -> None:
         "--metric", choices=tuple(METRICS), default="wer_max", help="corpus score per level (default: wer_max)"
     )
     evaluate.add_argument("--step", type=float, default=5, help="level spacing in percent (default: 5)")
-    evaluate.add_argument("--num-beams", type=int, default=5, help="beams when re-decoding (default: 5)")
-    evaluate.add_argument(
-        "--no-repeat-ngram-size", type=int, default=5, help="no repeated n-grams when re-decoding (default: 5)"
-    )
+    _decoding_options(evaluate, "re-decoding (the reference: 5 and 5)", num_beams=5, no_repeat_ngram_size=5)
     evaluate.add_argument(
         "--against",
         choices=AGAINST,
