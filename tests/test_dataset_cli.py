@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from dataset_helpers import CLIPS, clip_rows, write_manifest, write_tiny_whisper
+from helpers import require
 
 from captum_spes import SPESResult, cli
 from captum_spes.dataset.cli import EXIT_SOME_FAILED
@@ -183,3 +184,22 @@ def test_evaluate_prints_and_writes_the_corpus_table(
     assert "deletion AUC (bleu" in capsys.readouterr().out
     assert cli.main([*arguments[:-3], "--num-beams", "1", "--no-progress"]) == 1
     assert "num_beams: 2 -> 1" in capsys.readouterr().err
+
+
+def test_a_saved_hugging_face_dataset_is_explained_and_evaluated(tmp_path: Path, tiny_model: Path) -> None:
+    datasets = require("datasets")
+    rows = clip_rows(CLIPS[:2])
+    table = datasets.Dataset.from_dict(
+        {"id": [r["id"] for r in rows], "audio": [r["audio"] for r in rows], "text": [r["reference"] for r in rows]}
+    ).cast_column("audio", datasets.Audio())
+    table.save_to_disk(str(tmp_path / "saved"))  # embeds the audio bytes
+    out = tmp_path / "run"
+    assert _explain(tmp_path / "saved", out, tiny_model, "--column", "reference=text") == 0
+    index = _index(out)
+    for row in rows:
+        record = index[row["id"]]
+        assert record["status"] == "done" and record["reference"] == row["reference"]
+        assert Path(record["audio"]).parent == out / "audio"  # the embedded audio, stored for evaluate
+        assert Path(record["audio"]).read_bytes() == Path(row["audio"]).read_bytes()
+    evaluate = ["evaluate", str(out), "--step", "50", "--num-beams", "1", "--against", "reference", "--no-progress"]
+    assert cli.main(evaluate) == 0
