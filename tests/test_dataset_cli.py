@@ -67,7 +67,7 @@ def test_bad_utterances_are_recorded_as_failed_and_the_run_goes_on(
     assert _explain(manifest, out, tiny_model) == EXIT_SOME_FAILED
     printed = capsys.readouterr().out
     assert "2 of 5 utterances done, 3 failed" in printed
-    assert "failed: missing: AudioError: audio file not found" in printed
+    assert "failed: missing: test.csv line 3: AudioError: audio file not found" in printed
 
     index = _index(out)
     assert list(index) == [r["id"] for r in rows]

@@ -85,7 +85,7 @@ class RunSummary:
         done_now (int), failed_now (int): finished by this run.
         seconds (float): wall time of this run's explain loop (all ranks).
         index_path (str): the merged index.
-        failures (list of tuple): ``(id, error)`` of every failed id, in manifest order.
+        failures (list of tuple): ``(id, "<row>: <error>")`` of every failed id, in manifest order.
     """
 
     total: int
@@ -223,7 +223,11 @@ def summarize(store: DatasetStore, utterances: Sequence[Utterance]) -> RunSummar
     """The state of every manifest id in ``store``."""
     records = store.records()
     states = [records.get(u.id) for u in utterances]
-    failures = [(u.id, r["error"] or "") for u, r in zip(utterances, states) if r and r["status"] == FAILED]
+    failures = [
+        (u.id, f"{r.get('row') or u.row}: {r['error'] or ''}")
+        for u, r in zip(utterances, states)
+        if r and r["status"] == FAILED
+    ]
     done = sum(1 for r in states if r and r["status"] != FAILED)
     return RunSummary(
         total=len(utterances),
