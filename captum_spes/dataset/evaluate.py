@@ -241,7 +241,7 @@ def evaluate_utterance(
             batch_size=settings.batch_size,
         )
         used = curve.references[0]
-        references = [used]  # the clean decoding once, for both modes
+        references = [used]  # one reference for both modes
         record["reference"] = used
         hypotheses = curve.hypotheses[0]
         counts = [_edits(used, h, settings.normalize_text) for h in hypotheses]
