@@ -52,6 +52,14 @@ def test_a_process_without_torchrun_is_a_single_rank(monkeypatch: pytest.MonkeyP
         initialize()
 
 
+def test_main_first_runs_on_one_process_only_when_needed() -> None:
+    context = DistributedContext()
+    calls: list[int] = []
+    assert context.main_first(lambda: calls.append(1) or "model") == "model"
+    assert context.main_first(lambda: calls.append(2), needed=False) is None
+    assert calls == [1]
+
+
 def test_devices_and_threads_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     context = DistributedContext(rank=1, world_size=2, local_rank=1, local_world_size=2)
     assert resolve_device("cpu", context) == "cpu"

@@ -79,24 +79,18 @@ def test_explain_utterance_is_spes_with_the_settings_and_records_the_id(tiny: tu
 
 
 def test_explain_shard_records_each_failure_and_goes_on(tiny: tuple[Path, Any, Any], tmp_path: Path) -> None:
-    folder, model, processor = tiny
+    _, model, processor = tiny
     corrupt = tmp_path / "corrupt.flac"
     corrupt.write_bytes(b"fLaC but not really")
     shard = [Utterance(id="bad", audio=corrupt, row="m.csv line 2"), _clip(CLIPS[1]), _clip(CLIPS[2])]
     store = DatasetStore(tmp_path / "run")
-    loads: list[tuple[str, str]] = []
-
-    def loader(name: str, device: str) -> tuple[Any, Any]:
-        loads.append((name, device))
-        return model, processor
-
     progress = UtteranceProgress(DistributedContext(), len(shard), len(shard), [], "explained", enabled=False)
-    assert explain_shard(shard, store, SETTINGS, rank=3, device="cpu", load_model=loader, progress=progress) == (2, 1)
-    assert loads == [(SETTINGS.model, "cpu")]
+    counts = explain_shard(
+        shard, store, SETTINGS, rank=3, device="cpu", model=model, processor=processor, progress=progress
+    )
+    assert counts == (2, 1)
     records = store.records()
     assert records["bad"]["status"] == "failed" and records["bad"]["error"].startswith("AudioError: could not decode")
     assert records["bad"]["row"] == "m.csv line 2" and records["bad"]["rank"] == 3
     assert [records[c]["status"] for c in CLIPS[1:3]] == ["done", "done"]
     assert store.shards.paths() == [store.shards.path(3)]
-    assert explain_shard([], store, SETTINGS, rank=3, device="cpu", load_model=loader, progress=progress) == (0, 0)
-    assert len(loads) == 1  # an empty shard loads no model

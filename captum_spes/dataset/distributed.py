@@ -131,6 +131,20 @@ class DistributedContext:
             raise error_type(message)
         return payload
 
+    def main_first(self, action: Callable[[], _Item], needed: bool = True) -> _Item | None:
+        r"""Run ``action`` on rank 0, then, after a barrier, on the other ranks.
+
+        For work whose first run fills a shared cache (loading an embedded model converts
+        it into a cache folder once): the other ranks then read the finished cache instead
+        of converting it at the same time. Every rank must call it; ``needed=False`` takes
+        part in the barrier without running ``action`` (returns None).
+        """
+        value = action() if self.is_main and needed else None
+        self.barrier()
+        if not self.is_main and needed:
+            value = action()
+        return value
+
     def close(self) -> None:
         if self.distributed:
             import torch.distributed as dist

@@ -401,18 +401,14 @@ def _evaluate_shard(
     shards: RecordShards,
     settings: EvaluationSettings,
     *,
-    model_name: str,
-    device: str,
+    model: Any,
+    processor: Any,
     rank: int,
-    load_model: ModelLoader,
     progress: UtteranceProgress,
 ) -> None:
     """Evaluate this rank's utterances, appending one record each (failures included)."""
     from captum_spes.metrics import make_generate_decoder
 
-    if not identifiers:
-        return
-    model, processor = load_model(model_name, device)
     for identifier in identifiers:
         utterance = _utterance_of(explained[identifier])
         record: dict[str, Any] = {"id": identifier, "explained_at": explained[identifier].get("finished_at")}
@@ -510,16 +506,18 @@ def evaluate_dataset(
             "evaluated",
             enabled=show_progress,
         )
+        loader = load_model or (lambda name, where: default_loader(name, device=where))
+        loaded = context.main_first(lambda: loader(model_name, device), needed=bool(mine))
+        model, processor = loaded if loaded is not None else (None, None)
         _evaluate_shard(
             mine,
             explained,
             store,
             shards,
             settings,
-            model_name=model_name,
-            device=device,
+            model=model,
+            processor=processor,
             rank=context.rank,
-            load_model=load_model or (lambda name, where: default_loader(name, device=where)),
             progress=progress,
         )
         context.barrier(progress.refresh_total)

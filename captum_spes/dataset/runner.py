@@ -170,7 +170,8 @@ def explain_shard(
     *,
     rank: int,
     device: str,
-    load_model: ModelLoader,
+    model: Any,
+    processor: Any,
     progress: UtteranceProgress,
 ) -> tuple[int, int]:
     r"""Explain ``utterances`` (this rank's shard), saving and recording each one.
@@ -181,8 +182,8 @@ def explain_shard(
         settings (ExplainSettings): the run's settings.
         rank (int): this rank (its records go to its own shard).
         device (str): e.g. "cpu" or "cuda:1".
-        load_model (callable): ``load_model(name, device) -> (model, processor)``; called once,
-            and only when the shard is not empty.
+        model (nn.Module): the model, on ``device`` (None for an empty shard).
+        processor (Any): its processor.
         progress (UtteranceProgress): advanced once per utterance.
 
     Returns:
@@ -191,8 +192,7 @@ def explain_shard(
     from captum_spes import SPES, SpeechSeq2SeqWrapper
 
     if not utterances:
-        return 0, 0
-    model, processor = load_model(settings.model, device)
+        return 0, 0  # a rank without work loads no model
     spes = SPES(SpeechSeq2SeqWrapper(model, processor))
     done = failed = 0
     for utterance in utterances:
@@ -307,8 +307,11 @@ def explain_dataset(
             enabled=show_progress,
         )
         started = time.perf_counter()
+        # Rank 0 loads first: an embedded model is converted into its cache on first use.
+        loaded = context.main_first(lambda: load_model(settings.model, device), needed=bool(mine))
+        model, processor = loaded if loaded is not None else (None, None)
         counts = explain_shard(
-            mine, store, settings, rank=context.rank, device=device, load_model=load_model, progress=progress
+            mine, store, settings, rank=context.rank, device=device, model=model, processor=processor, progress=progress
         )
         context.barrier(progress.refresh_total)
         progress.close()
