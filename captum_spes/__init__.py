@@ -1,25 +1,45 @@
 #!/usr/bin/env python3
 r"""captum-spes: SPES token-level explanations of speech-to-text models, as a Captum method."""
 
+from captum_spes._core.coarse_to_fine import CoarseToFine
+from captum_spes._core.estimators import (
+    ESTIMATORS,
+    Estimate,
+    Estimator,
+    ReferenceEstimator,
+    register_estimator,
+)
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper
 from captum_spes._core.result import SPESResult
 from captum_spes._core.spes import SPES
-from captum_spes._utils.adapters import (
+from captum_spes._core.utterance import Utterance
+from captum_spes._utils.adaptive import AdaptiveMasks
+from captum_spes._version import __version__
+from captum_spes.adapters import (
     ModelAdapter,
+    MoonshineAdapter,
+    Qwen2AudioAdapter,
     Speech2TextAdapter,
     SpeechEncoderDecoderAdapter,
+    SpeechLLMAdapter,
+    STFTLayout,
+    VoxtralAdapter,
+    WaveformAdapter,
     WhisperAdapter,
     get_model_adapter,
     register_model_adapter,
 )
-from captum_spes._utils.adaptive import AdaptiveMasks
-from captum_spes._utils.impact import (
+from captum_spes.comparison import ComparisonReport, compare
+from captum_spes.errors import InputError
+from captum_spes.impact import (
     IMPACT_MEASURES,
+    Contrast,
+    ContrastiveImpact,
     kl_divergence,
     probability_drop,
     register_impact_measure,
 )
-from captum_spes._utils.masks import (
+from captum_spes.masks import (
     MASK_FAMILIES,
     CustomMasks,
     ElementMasks,
@@ -30,8 +50,6 @@ from captum_spes._utils.masks import (
     TimeMasks,
     register_mask_family,
 )
-from captum_spes._version import __version__
-from captum_spes.comparison import ComparisonReport, compare
 from captum_spes.normalizers import normalize_reference, paired_min_max, single_mean_std
 
 __all__ = [
@@ -40,6 +58,13 @@ __all__ = [
     "SpeechSeq2SeqWrapper",
     "Hypothesis",
     "AdaptiveMasks",
+    "Utterance",
+    "Estimator",
+    "Estimate",
+    "ReferenceEstimator",
+    "CoarseToFine",
+    "ESTIMATORS",
+    "register_estimator",
     "MaskFamily",
     "MaskLevel",
     "SLICMasks",
@@ -53,10 +78,18 @@ __all__ = [
     "kl_divergence",
     "probability_drop",
     "register_impact_measure",
+    "ContrastiveImpact",
+    "Contrast",
     "ModelAdapter",
     "WhisperAdapter",
     "Speech2TextAdapter",
     "SpeechEncoderDecoderAdapter",
+    "WaveformAdapter",
+    "MoonshineAdapter",
+    "STFTLayout",
+    "SpeechLLMAdapter",
+    "Qwen2AudioAdapter",
+    "VoxtralAdapter",
     "get_model_adapter",
     "register_model_adapter",
     "single_mean_std",
@@ -64,5 +97,6 @@ __all__ = [
     "normalize_reference",
     "compare",
     "ComparisonReport",
+    "InputError",
     "__version__",
 ]

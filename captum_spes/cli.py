@@ -10,7 +10,10 @@ generated token with SPES and writes, into ``--out``:
 * ``words.png``: one spectrogram saliency map per word;
 * ``token_map.png``: the token-to-token saliency map;
 * ``report.html``: a self-contained interactive page with the audio player;
-* ``listen/word_XX_<word>.wav`` (``--listen``): each word's top 10 % salient audio.
+* ``listen/word_XX_<word>.wav`` (``--listen``): each word's top 10 % salient audio;
+* ``contrastive.safetensors`` (``--contrast POSITION_OR_WORD:FOIL``, repeatable): a second
+  explanation with :class:`~captum_spes.impact.ContrastiveImpact` (the log-probability margin
+  of the explained token over the foil), shown beside the plain maps in ``report.html``.
 
 Documented decisions:
 
@@ -21,8 +24,25 @@ Documented decisions:
 * ``--model`` accepts an embedded short name (``tiny.en``, ``base``), a local folder or a
   Hugging Face hub id written ``org/name``; any other bare name is refused without
   contacting the hub.
-* Every error the library reports about a bad argument or file becomes one line on stderr,
-  ``captum-spes: error: ...``, and exit status 1 (argparse's own errors keep status 2).
+* Errors (:func:`report_errors`, the one policy of every subcommand, ``compare`` included):
+
+  - a user error (:data:`USER_ERRORS`: an :class:`~captum_spes.errors.InputError`, such as a
+    bad option, audio file or model, or a missing, existing or unreadable file) is one line
+    on stderr, ``captum-spes: error: ...``, exit status 1;
+  - anything else is an internal error, a bug: its traceback, then a line saying so and
+    asking for a report, also exit status 1 (as Python's own exit on an uncaught exception;
+    the traceback is what tells the two apart, status 2 stays argparse's);
+  - Ctrl-C is one line, ``captum-spes: interrupted``, exit status 130;
+  - ``--debug`` (before or after the subcommand) prints the traceback of user errors too;
+  - argparse's own errors (unknown subcommand or option, a value of the wrong type) keep
+    its usage message and status 2.
+
+  The library raises :class:`~captum_spes.errors.InputError` for every argument check, so a
+  plain ``ValueError`` is treated as the bug it is.
+* The audio is read with :func:`~captum_spes.audio.read_audio`, and the line
+  ``Audio: ...`` says what was done to it (channels mixed down, resampling); clips shorter
+  than one 25 ms analysis window or longer than Whisper's 30 s are refused
+  (:func:`~captum_spes.audio.check_clip_length`).
 
 Tests (and power users) can plug in extra models through :data:`MODEL_FACTORIES`.
 """
@@ -37,12 +57,26 @@ import platform
 import re
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser", "MODEL_FACTORIES", "WHISPER_WINDOW_SECONDS", "PAPER_N_MASKS"]
+from captum_spes.errors import InputError
+
+__all__ = [
+    "main",
+    "build_parser",
+    "report_errors",
+    "refuse_existing_outputs",
+    "resolve_model",
+    "CLIError",
+    "USER_ERRORS",
+    "MODEL_FACTORIES",
+    "WHISPER_WINDOW_SECONDS",
+    "PAPER_N_MASKS",
+]
 
 #: Longest audio Whisper transcribes in one window, in seconds.
 WHISPER_WINDOW_SECONDS: float = 30.0
@@ -63,10 +97,10 @@ LISTEN_TOP_PERCENT: float = 10.0
 #: tiny random Whisper here so that most CLI tests need no pretrained weights.
 MODEL_FACTORIES: dict[str, Callable[[str], tuple[Any, Any]]] = {}
 
-#: Errors that mean "bad argument, file or model": reported as one line, no traceback.
-_USER_ERRORS: tuple[type, ...] = (
-    ValueError,
-    TypeError,
+#: Errors that mean "bad argument, file or model": reported as one line, no traceback
+#: (unless ``--debug``). Every other exception is an internal error.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    InputError,
     FileExistsError,
     FileNotFoundError,
     PermissionError,
@@ -74,19 +108,61 @@ _USER_ERRORS: tuple[type, ...] = (
     NotADirectoryError,
 )
 
-_OUTPUT_FILES = ("explanation.safetensors", "overview.png", "words.png", "token_map.png", "report.html")
+_PROG = "captum-spes"
 _LISTEN_DIR = "listen"
+_OUTPUT_FILES = (
+    "explanation.safetensors",
+    "contrastive.safetensors",
+    "overview.png",
+    "words.png",
+    "token_map.png",
+    "report.html",
+    f"{_LISTEN_DIR}/*.wav",
+)
+_BUG_LINE = (
+    f"{_PROG}: internal error: this is a bug in captum-spes, not in your input; please report it "
+    f"with the traceback above, the command you ran and the output of `{_PROG} info`"
+)
 
 
-class CLIError(ValueError):
+class CLIError(InputError):
     """A user-facing error raised by the command-line interface itself."""
 
 
-# ----- helpers ----------------------------------------------------------------------
+# ----- errors -----------------------------------------------------------------------
 def _error_line(error: BaseException) -> str:
     """One line of text for ``error`` (messages with newlines are folded)."""
     message = " ".join(str(error).split()) or type(error).__name__
-    return f"captum-spes: error: {message}"
+    return f"{_PROG}: error: {message}"
+
+
+def report_errors(command: Callable[[], int | None], *, debug: bool = False) -> int:
+    r"""Run ``command`` under the command line's error policy (module docstring); its exit status.
+
+    Args:
+        command (callable): the subcommand, bound to its arguments; returns its exit status
+            (None counts as 0).
+        debug (bool, optional): also print the traceback of user errors. Default: False
+
+    Returns:
+        *int* ``command``'s status; 1 after a user or an internal error, 130 after Ctrl-C.
+    """
+    try:
+        return int(command() or 0)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"{_PROG}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        if debug:
+            traceback.print_exc()
+        print(_error_line(error), file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(_BUG_LINE, file=sys.stderr)
+        return 1
 
 
 #: the stopping rule of ``--n-masks auto`` (the library's ``n_masks="auto"``)
@@ -137,9 +213,20 @@ def _resolve_device(name: str) -> str:
     return name
 
 
-def _load_model(name: str, device: str) -> tuple[Any, Any]:
-    """``(model, processor)`` for ``--model``: a registered factory, an embedded model, a
-    local folder or a hub id ``org/name``."""
+def resolve_model(name: str, device: str) -> tuple[Any, Any]:
+    r"""``(model, processor)`` for ``--model``: a registered factory, an embedded model, a
+    local folder or a hub id ``org/name``; any other bare name is refused without the hub.
+
+    Args:
+        name (str): the ``--model`` value.
+        device (str): ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        *tuple* ``(model, processor)``.
+
+    Raises:
+        CLIError: for an unknown name, or when the model cannot be loaded.
+    """
     if name in MODEL_FACTORIES:
         return MODEL_FACTORIES[name](device)
     from captum_spes.models import EMBEDDED_MODELS, load_model
@@ -153,16 +240,24 @@ def _load_model(name: str, device: str) -> tuple[Any, Any]:
     return load_model(name, device=device)
 
 
-def _check_outputs(out: Path, overwrite: bool) -> None:
-    """Refuse before any work if an output file exists and ``overwrite`` is False."""
+def refuse_existing_outputs(out: Path, names: Sequence[str], overwrite: bool) -> None:
+    r"""Refuse, before any work, to replace outputs in ``out`` unless ``overwrite``.
+
+    Args:
+        out (Path): the ``--out`` folder.
+        names (sequence of str): output files in ``out``; glob patterns allowed
+            (``"listen/*.wav"``).
+        overwrite (bool): the ``--overwrite`` flag.
+
+    Raises:
+        CLIError: if ``out`` is a file.
+        FileExistsError: naming the first existing output and ``--overwrite``.
+    """
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
     if overwrite:
         return
-    existing = [str(out / name) for name in _OUTPUT_FILES if (out / name).exists()]
-    listen = out / _LISTEN_DIR
-    if listen.is_dir():
-        existing += [str(p) for p in sorted(listen.glob("*.wav"))]
+    existing = [str(path) for name in names for path in sorted(out.glob(name))]
     if existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise FileExistsError(
@@ -232,20 +327,20 @@ def _explain_waveform(
     overwrite: bool,
     source: str,
     before_attribution: Callable[[float, float], None] | None = None,
+    contrast: Sequence[str] | None = None,
 ) -> _Explained:
     """Transcribe, estimate, explain and write every output; print progress lines."""
 
     from captum_spes import SPES, SpeechSeq2SeqWrapper
+    from captum_spes.audio import check_clip_length
 
+    check_clip_length(waveform, SAMPLING_RATE, source, max_seconds=WHISPER_WINDOW_SECONDS)
     duration = waveform.shape[0] / SAMPLING_RATE
-    if duration > WHISPER_WINDOW_SECONDS:
-        raise CLIError(
-            f"{source} is {duration:.1f} s long, but Whisper's window is {WHISPER_WINDOW_SECONDS:.0f} s; "
-            "trim or split the audio into clips of at most 30 s"
-        )
     print(f"Loading model {model_name} on {device} ...", flush=True)
-    model, processor = _load_model(model_name, device)
-    features = processor(waveform, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
+    model, processor = resolve_model(model_name, device)
+    wrapper = SpeechSeq2SeqWrapper(model, processor)
+    # The adapter builds the model input (a speech LLM also sets up its chat here).
+    features = wrapper.adapter.prepare_inputs(processor, waveform, SAMPLING_RATE)
     features = features.to(device=device, dtype=next(model.parameters()).dtype)
 
     generate_kwargs: dict[str, Any] = {}
@@ -253,10 +348,10 @@ def _explain_waveform(
         generate_kwargs["task"] = task
     if language:
         generate_kwargs["language"] = language
-    wrapper = SpeechSeq2SeqWrapper(model, processor)
     hypothesis = wrapper.set_hypothesis(features, target, generate_kwargs=generate_kwargs or None)
     label = "Target" if target is not None else "Transcript"
     print(f"{label}: {hypothesis.text}", flush=True)
+    measure = _contrastive_measure(hypothesis, contrast, wrapper.tokenizer) if contrast else None
     print(f"Explaining {hypothesis.num_explained} tokens (end token included) of {duration:.2f} s of audio.")
 
     batch_s, token_s = _measure_batches(wrapper, features, batch_size)
@@ -280,14 +375,16 @@ def _explain_waveform(
         before_attribution(batch_s, token_s)
 
     started = time.perf_counter()
-    result = SPES(wrapper).attribute(
-        features,
+    attribution_options: dict[str, Any] = dict(
         target=hypothesis,
         perturbations_per_eval=batch_size,
         show_progress=True,
         n_masks=rule if rule is not None else n_masks,
         seed=seed,
+        num_samples=int(waveform.shape[0]),  # the exact speech frames (padding detection is a fallback)
+        utterance_id=source,
     )
+    result = SPES(wrapper).attribute(features, **attribution_options)
     seconds = time.perf_counter() - started
     print(f"Attribution took {seconds:.1f} s.", flush=True)
     adaptive = result.metadata.get("adaptive")
@@ -298,7 +395,16 @@ def _explain_waveform(
             f"threshold {adaptive['threshold']} {verdict}.",
             flush=True,
         )
-    files = _write_outputs(result, waveform, features, out, words=words, listen=listen, overwrite=overwrite)
+    contrastive = None
+    if measure is not None:
+        started = time.perf_counter()
+        contrastive = SPES(wrapper).attribute(features, impact=measure, **attribution_options)
+        print(f"Contrastive attribution took {time.perf_counter() - started:.1f} s.", flush=True)
+    # Figures draw the canonical view the maps cover (e.g. a waveform model's STFT).
+    shown = wrapper.adapter.utterance_layout(features).to_canonical(features)[None]
+    files = _write_outputs(
+        result, waveform, shown, out, words=words, listen=listen, overwrite=overwrite, contrast=(contrastive, measure)
+    )
     return _Explained(result, seconds, batch_s, token_s, files)
 
 
@@ -311,8 +417,10 @@ def _write_outputs(
     words: Sequence[Any] | None,
     listen: bool,
     overwrite: bool,
+    contrast: tuple[Any, Any] = (None, None),
 ) -> list[Path]:
-    """Save the explanation, the figures, the HTML page and (``listen``) the WAVs."""
+    """Save the explanation, the figures, the HTML page and (``listen``) the WAVs; with a
+    contrastive result, also that result and its panel in the HTML page."""
     import matplotlib.pyplot as plt
 
     from captum_spes.visualization import (
@@ -327,11 +435,14 @@ def _write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     features_cpu = features.detach().float().cpu()
     files = [result.save(out / "explanation.safetensors", overwrite=overwrite)]
+    contrastive, measure = contrast
+    if contrastive is not None:
+        files.append(contrastive.save(out / "contrastive.safetensors", overwrite=overwrite))
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), gridspec_kw={"height_ratios": [3, 2]})
     plot_utterance_map(result, features_cpu, plt_fig_axis=(fig, top))
     plot_time_profile(result, words, plt_fig_axis=(fig, bottom))
-    files.append(_save_figure(fig, out / "overview.png"))
+    files.append(save_figure(fig, out / "overview.png"))
 
     merged = result.to_words()
     num_words = merged.num_tokens - 1  # the end token is no word
@@ -341,11 +452,11 @@ def _write_outputs(
         plot_word_saliency(result, index, features_cpu, plt_fig_axis=(fig, axes[index, 0]))
     if num_words == 0:
         axes[0, 0].set_axis_off()
-    files.append(_save_figure(fig, out / "words.png"))
+    files.append(save_figure(fig, out / "words.png"))
 
     if result.token_attr is not None:
         fig, _ = plot_token_map(result)
-        files.append(_save_figure(fig, out / "token_map.png"))
+        files.append(save_figure(fig, out / "token_map.png"))
 
     files.append(
         write_html_report(
@@ -356,6 +467,8 @@ def _write_outputs(
             features=features_cpu,
             words=words,
             overwrite=overwrite,
+            contrast=contrastive,
+            contrast_foils={c.position: c.foil_text for c in measure.contrasts} if measure is not None else None,
         )
     )
     if listen:
@@ -375,12 +488,42 @@ def _write_outputs(
     return files
 
 
-def _save_figure(fig: Any, path: Path) -> Path:
+def _contrastive_measure(hypothesis: Any, specs: Sequence[str], tokenizer: Any) -> Any:
+    """The ``--contrast`` measure; prints what each contrast resolved to."""
+    from captum_spes.impact import ContrastiveImpact
+
+    measure = ContrastiveImpact.from_text(hypothesis, specs, tokenizer)
+    for c in measure.contrasts:
+        first = f"its first token {tokenizer.decode([c.foil_id])!r} of {len(c.foil_ids)}" if len(c.foil_ids) > 1 else ""
+        print(
+            f"Contrast: token {c.position} {hypothesis.tokens[c.position]!r} rather than {c.foil_text!r}"
+            + (f" ({first}: a foil of several tokens is contrasted where it starts)" if first else ""),
+            flush=True,
+        )
+    return measure
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
+    r"""Write ``fig`` to ``path`` atomically (format from the suffix) and close it.
+
+    Args:
+        fig (matplotlib.figure.Figure): the figure.
+        path (Path): e.g. ``out / "overview.png"``.
+        dpi (int, optional): Default: 100
+
+    Returns:
+        *Path* ``path``.
+    """
     import matplotlib.pyplot as plt
 
+    from captum_spes._utils.files import atomic_write
+
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as temporary:
+            fig.savefig(temporary, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -405,25 +548,27 @@ def _run_options(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     )
     if args.seed < 0:
         raise CLIError(f"--seed must be a non-negative integer, got {args.seed}")
-    _check_outputs(out, args.overwrite)
+    refuse_existing_outputs(out, _OUTPUT_FILES, args.overwrite)
     _check_matplotlib()
     return options
 
 
 def _run_explain(args: argparse.Namespace) -> int:
-    from captum_spes.audio import load_audio
+    from captum_spes.audio import read_audio
 
     audio = Path(args.audio)
     out = Path(args.out) if args.out else Path(f"captum-spes-{audio.stem or 'output'}")
     options = _run_options(args, out)
-    waveform = load_audio(audio, SAMPLING_RATE)
+    loaded = read_audio(audio, SAMPLING_RATE)
+    print(f"Audio: {loaded.describe()}", flush=True)
     explained = _explain_waveform(
-        waveform,
+        loaded.waveform,
         task=args.task,
         language=args.language,
         target=args.target,
         words=None,
         source=str(audio),
+        contrast=args.contrast,
         **options,
     )
     _print_files(explained.files)
@@ -441,8 +586,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     there, and well under that on an idle machine; the published 20 000 would take hours. The
     printed estimate is measured afresh on every run.
     """
-    from captum_spes.data import load_sample
+    from captum_spes.data import list_samples, load_sample
 
+    if args.sample not in list_samples():
+        raise CLIError(f"unknown --sample {args.sample!r}; choose one of {', '.join(list_samples())}")
     out = Path(args.out)
     options = _run_options(args, out)
     n_masks, batch_size, device = options["n_masks"], options["batch_size"], options["device"]
@@ -524,11 +671,14 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 # ----- parser -----------------------------------------------------------------------
+_DEBUG_HELP = "print the traceback of every error, user errors included"
+
+
 def _compare_module() -> Any:
     """The comparison harness's CLI hooks (imported lazily: it pulls in Captum's methods)."""
-    from captum_spes import comparison
+    from captum_spes.comparison import cli as comparison_cli
 
-    return comparison
+    return comparison_cli
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, n_masks: int, batch_size: int, out: str | None) -> None:
@@ -571,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SPES token-by-token explanations of speech-to-text models (Whisper).",
     )
     parser.add_argument("--version", action="version", version=f"captum-spes {__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -588,6 +739,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--language", default=None, help="spoken language, e.g. en or sv (multilingual models)")
     explain.add_argument("--target", default=None, help="explain this text instead of the model's transcript")
+    explain.add_argument(
+        "--contrast",
+        action="append",
+        metavar="POSITION_OR_WORD:FOIL",
+        help="also explain why the token at POSITION (or the first token reading WORD) was chosen rather than "
+        "FOIL, e.g. he:she (repeatable; a second attribution with the log-probability margin as impact)",
+    )
     _add_run_options(explain, n_masks=2000, batch_size=8, out=None)
     explain.set_defaults(func=_run_explain)
 
@@ -612,21 +770,17 @@ def build_parser() -> argparse.ArgumentParser:
     from captum_spes.dataset.cli import add_dataset_commands
 
     add_dataset_commands(commands)
+    for subparser in commands.choices.values():
+        # SUPPRESS: without the flag a subcommand leaves the global --debug as parsed.
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``captum-spes`` command line; returns the exit status."""
+    """Run the ``captum-spes`` command line; returns the exit status (module docstring)."""
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
-    try:
-        return int(args.func(args) or 0)
-    except _USER_ERRORS as error:  # AudioError and ModelLoadError are ValueErrors
-        print(_error_line(error), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("captum-spes: interrupted", file=sys.stderr)
-        return 130
+    return report_errors(lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

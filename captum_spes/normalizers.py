@@ -15,24 +15,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from captum_spes.errors import InputError
+
 __all__ = ["single_mean_std", "paired_min_max", "normalize_reference", "NORMALIZERS"]
 
 
 def _check(spectrogram_attr: Tensor, token_attr: Tensor | None, token_valid: Tensor | None) -> None:
     if spectrogram_attr.dim() < 2:
-        raise ValueError(
+        raise InputError(
             "spectrogram_attr must have shape (num_tokens, ...) with at least 2 dimensions, "
             f"got {tuple(spectrogram_attr.shape)}"
         )
     if token_attr is None:
         return
     if token_attr.dim() != 2 or token_attr.shape[0] != spectrogram_attr.shape[0]:
-        raise ValueError(
+        raise InputError(
             "token_attr must have shape (num_tokens, num_decoder_inputs) with the same num_tokens "
             f"as spectrogram_attr ({spectrogram_attr.shape[0]}), got {tuple(token_attr.shape)}"
         )
     if token_valid is not None and token_valid.shape != token_attr.shape:
-        raise ValueError(
+        raise InputError(
             f"token_valid must have the shape of token_attr {tuple(token_attr.shape)}, got {tuple(token_valid.shape)}"
         )
 
@@ -58,10 +60,27 @@ def _zscore_rows(values: Tensor, valid: Tensor) -> Tensor:
     return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def _spectrogram_valid(spectrogram_attr: Tensor, spectrogram_valid: Tensor | None) -> Tensor:
+    """``(num_tokens, n)`` bool: the elements that enter the statistics."""
+    flat_shape = (spectrogram_attr.shape[0], spectrogram_attr[0].numel())
+    if spectrogram_valid is None:
+        return torch.ones(flat_shape, dtype=torch.bool, device=spectrogram_attr.device)
+    valid = spectrogram_valid.to(device=spectrogram_attr.device, dtype=torch.bool)
+    try:
+        return torch.broadcast_to(valid, spectrogram_attr.shape).reshape(flat_shape)
+    except RuntimeError:
+        raise InputError(
+            f"spectrogram_valid of shape {tuple(valid.shape)} does not match the map {tuple(spectrogram_attr.shape)}; "
+            "give (n_mels, n_frames) or the map's shape"
+        ) from None
+
+
 def single_mean_std(
     spectrogram_attr: Tensor,
     token_attr: Tensor | None = None,
     token_valid: Tensor | None = None,
+    *,
+    spectrogram_valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     r"""Z-score every token row, separately for the spectrogram and the token map.
 
@@ -72,6 +91,9 @@ def single_mean_std(
         token_valid (Tensor, optional): boolean ``(num_tokens, num_decoder_inputs)``, True
             where row ``k`` may credit column ``j`` (the causal lower triangle). Only valid
             entries enter the statistics; invalid entries become 0. Default: all valid.
+        spectrogram_valid (Tensor, optional): boolean ``(n_mels, n_frames)`` (or the map's
+            shape), False for elements without an estimate (never occluded): they are left
+            out of the statistics and become 0. Default: all valid.
 
     Returns:
         *tuple* of the normalised spectrogram map (same shape, float32) and token map
@@ -79,7 +101,7 @@ def single_mean_std(
     """
     _check(spectrogram_attr, token_attr, token_valid)
     flat = spectrogram_attr.reshape(spectrogram_attr.shape[0], -1)
-    spec = _zscore_rows(flat, torch.ones_like(flat, dtype=torch.bool))
+    spec = _zscore_rows(flat, _spectrogram_valid(spectrogram_attr, spectrogram_valid))
     spec = spec.reshape(spectrogram_attr.shape).to(torch.float32)
     if token_attr is None:
         return spec, None
@@ -91,6 +113,8 @@ def paired_min_max(
     spectrogram_attr: Tensor,
     token_attr: Tensor | None = None,
     token_valid: Tensor | None = None,
+    *,
+    spectrogram_valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     r"""Min-max scale every token row jointly over its spectrogram row and valid token row.
 
@@ -101,6 +125,8 @@ def paired_min_max(
         spectrogram_attr (Tensor): ``(num_tokens, n_mels, n_frames)``.
         token_attr (Tensor, optional): ``(num_tokens, num_decoder_inputs)``.
         token_valid (Tensor, optional): boolean mask of valid token-map entries.
+        spectrogram_valid (Tensor, optional): boolean ``(n_mels, n_frames)``: elements
+            outside it do not set the range and become 0. Default: all valid.
 
     Returns:
         *tuple* of the scaled spectrogram map and token map (or None), float32.
@@ -108,19 +134,21 @@ def paired_min_max(
     _check(spectrogram_attr, token_attr, token_valid)
     num_tokens = spectrogram_attr.shape[0]
     flat = spectrogram_attr.reshape(num_tokens, -1).to(torch.float64)
-    lo = flat.min(dim=1).values
-    hi = flat.max(dim=1).values
+    spec_valid = _spectrogram_valid(spectrogram_attr, spectrogram_valid)
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    lo = torch.where(spec_valid, flat, inf).min(dim=1).values
+    hi = torch.where(spec_valid, flat, -inf).max(dim=1).values
     valid = None
     tok = None
     if token_attr is not None:
         valid = _valid_or_all(token_attr, token_valid)
         tok = token_attr.to(torch.float64)
-        inf = torch.tensor(float("inf"), dtype=torch.float64)
         lo = torch.minimum(lo, torch.where(valid, tok, inf).min(dim=1).values)
         hi = torch.maximum(hi, torch.where(valid, tok, -inf).max(dim=1).values)
     span = (hi - lo)[:, None]
+    span = torch.where(torch.isfinite(span), span, torch.zeros_like(span))  # a row with nothing valid
     safe = torch.where(span > 0, span, torch.ones_like(span))
-    spec = torch.where(span > 0, (flat - lo[:, None]) / safe, torch.zeros_like(flat))
+    spec = torch.where((span > 0) & spec_valid, (flat - lo[:, None]) / safe, torch.zeros_like(flat))
     spec = spec.reshape(spectrogram_attr.shape).to(torch.float32)
     if tok is None:
         return spec, None
@@ -133,11 +161,13 @@ def normalize_reference(
     spectrogram_attr: Tensor,
     token_attr: Tensor | None = None,
     token_valid: Tensor | None = None,
+    *,
+    spectrogram_valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     r"""The reference evaluation's normalisation: :func:`single_mean_std`, then
     :func:`paired_min_max`. Idempotent."""
-    spec, tok = single_mean_std(spectrogram_attr, token_attr, token_valid)
-    return paired_min_max(spec, tok, token_valid)
+    spec, tok = single_mean_std(spectrogram_attr, token_attr, token_valid, spectrogram_valid=spectrogram_valid)
+    return paired_min_max(spec, tok, token_valid, spectrogram_valid=spectrogram_valid)
 
 
 NORMALIZERS = {

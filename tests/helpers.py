@@ -73,6 +73,46 @@ def tiny_whisper(seed: int = 0, max_new_tokens: int = 6, vocab_size: int = 100, 
     return model
 
 
+def bert_decoder_config(vocab_size: int = 40) -> Any:
+    """A one-layer BERT decoder with cross-attention, for ``SpeechEncoderDecoderModel``."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        is_decoder=True,
+        add_cross_attention=True,
+    )
+
+
+def tiny_wav2vec2_bert() -> nn.Module:
+    """A random ``SpeechEncoderDecoderModel``: a wav2vec 2.0 encoder (raw samples) and a BERT decoder."""
+    from transformers import SpeechEncoderDecoderConfig, SpeechEncoderDecoderModel, Wav2Vec2Config
+
+    encoder = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 4),
+        num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2,
+    )
+    config = SpeechEncoderDecoderConfig.from_encoder_decoder_configs(encoder, bert_decoder_config())
+    torch.manual_seed(0)
+    model = SpeechEncoderDecoderModel(config).eval()
+    for settings in (model.config, model.generation_config):
+        settings.decoder_start_token_id = 1
+        settings.eos_token_id = 2
+        settings.pad_token_id = 0
+    return model
+
+
 def whisper_features(num_frames: int = 120, seed: int = 0, input_frames: int = 300) -> Tensor:
     """Whisper-like features ``(1, 80, input_frames)``: random speech then the padding floor."""
     generator = torch.Generator().manual_seed(seed)
@@ -125,6 +165,7 @@ class ToySpeechModel(nn.Module):
         self.config = SimpleNamespace(decoder_start_token_id=TOY_START, eos_token_id=TOY_EOS, pad_token_id=None)
         self.generation_config = None
         self.direction = nn.Parameter(torch.ones(4) / 4, requires_grad=False)
+        self.eval()  # an inference-only model; SPES refuses models left in training mode
 
     def get_encoder(self) -> nn.Module:
         return self.encoder

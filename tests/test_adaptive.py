@@ -115,7 +115,10 @@ def test_top_overlap_bad_arguments():
         ({"threshold": 0.0, "criterion": "top_overlap"}, "threshold must be in \\(0, 1\\] for criterion 'top_overlap'"),
         ({"threshold": 1.5}, "threshold"),
         ({"threshold": True}, "threshold"),
-        ({"criterion": "x"}, "criterion must be one of \\['reliability', 'top_overlap', 'utterance_top_overlap'\\]"),
+        (
+            {"criterion": "x"},
+            "criterion must be one of \\['reliability', 'significant_top', 'top_overlap', 'utterance_top_overlap'\\]",
+        ),
         ({"criterion": None}, "criterion must be"),
         ({"top_percent": 0}, "top_percent must be a percentage in \\(0, 100\\]"),
         ({"top_percent": 100.5}, "top_percent"),
@@ -171,7 +174,7 @@ def test_stops_when_tops_agree_and_records_every_statistic():
     assert info["masks_used"] == result.metadata["n_masks"] == info["history"][-1]["masks"]
     assert info["rounds"] == info["masks_used"] // 50
     for entry in info["history"]:
-        assert set(entry) == {"masks", "reliability", "top_overlap", "utterance_top_overlap"}
+        assert set(entry) == {"masks", "reliability", "top_overlap", "utterance_top_overlap", "significant_top"}
         assert 0.0 <= entry["utterance_top_overlap"] <= 1.0
         assert 0.0 <= entry["top_overlap"] <= 1.0 and math.isfinite(entry["reliability"])
     assert all(h["top_overlap"] < 0.4 for h in info["history"][:-1])  # it stopped at the first chance
@@ -204,8 +207,9 @@ def test_auto_string_and_bad_values():
     spes = SPES(SpeechSeq2SeqWrapper(ToySpeechModel()))
     with pytest.raises(ValueError, match='"auto"'):
         spes.attribute(toy_features(), n_masks="many")
-    assert spes._resolve_adaptive("auto") == AdaptiveMasks()
-    assert spes._resolve_adaptive("auto").criterion == "utterance_top_overlap"
+    result = spes.attribute(toy_features(), n_masks="auto", token_p=None)
+    assert result.metadata["adaptive"]["stop_on"] == "utterance_top_overlap"
+    assert result.metadata["adaptive"]["criterion"] == AdaptiveMasks().config()["criterion"]
 
 
 def test_utterance_overlap_by_hand():
@@ -236,3 +240,35 @@ def test_stops_on_the_utterance_overlap():
     assert info["masks_used"] < rule.max_masks
     assert info["statistic"] == info["utterance_top_overlap"] >= 0.8
     assert all(h["utterance_top_overlap"] < 0.8 for h in info["history"][:-1])
+
+
+def test_significant_top_share_by_hand():
+    from captum_spes._core.estimators import Estimate
+    from captum_spes._utils.adaptive import significant_top_share
+
+    # One token, 10 elements in 5 units of 2; top 20 % = 2 elements = unit 0 (value 5).
+    units = torch.arange(10) // 2
+    attribution = torch.zeros(1, 10)
+    attribution[0, :2] = 5.0
+    estimate = Estimate(
+        attribution=attribution,
+        units=units,
+        standard_error=torch.ones(1, 5),
+        z=torch.tensor([[8.0, 0.0, 0.0, 0.0, 0.0]]),
+        occluded=torch.ones(5, dtype=torch.float64),
+    )
+    assert significant_top_share(estimate, 20.0) == pytest.approx(1.0)
+    estimate.z = torch.tensor([[0.0, 8.0, 0.0, 0.0, 0.0]])  # significant, but not the top
+    assert significant_top_share(estimate, 20.0) == pytest.approx(0.0)
+
+
+def test_stops_when_the_top_is_significant():
+    # The end token depends on no element, so its top is noise: 3 of 4 tokens can be separated.
+    rule = AdaptiveMasks(criterion="significant_top", threshold=0.7, round_size=64, min_masks=128, max_masks=2000)
+    result = SPES(SpeechSeq2SeqWrapper(ToySpeechModel())).attribute(
+        toy_features(), n_masks=rule, token_p=None, feature_mask="element"
+    )
+    info = result.metadata["adaptive"]
+    assert info["stop_on"] == "significant_top" and info["converged"]
+    assert info["masks_used"] < 2000 and info["statistic"] >= 0.7
+    assert all("significant_top" in step for step in info["history"])

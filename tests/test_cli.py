@@ -49,7 +49,7 @@ class _TinyProcessor:
         return self.feature_extractor(audio, **kwargs)
 
 
-def _tiny_factory(device: str) -> tuple[Any, Any]:
+def tiny_factory(device: str) -> tuple[Any, Any]:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     config = WhisperConfig(
@@ -81,7 +81,7 @@ def _tiny_factory(device: str) -> tuple[Any, Any]:
 
 @pytest.fixture
 def tiny_model(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(cli.MODEL_FACTORIES, TINY, _tiny_factory)
+    monkeypatch.setitem(cli.MODEL_FACTORIES, TINY, tiny_factory)
     return TINY
 
 
@@ -133,7 +133,7 @@ def tiny_run(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     """One ``explain --listen`` run with the tiny random model, shared by several tests."""
     out = tmp_path_factory.mktemp("cli") / "out"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(cli.MODEL_FACTORIES, TINY, _tiny_factory)
+        patch.setitem(cli.MODEL_FACTORIES, TINY, tiny_factory)
         from contextlib import redirect_stderr, redirect_stdout
         from io import StringIO
 
@@ -317,6 +317,37 @@ def test_existing_output_refused_before_work(
     assert (out / "report.html").read_text() == "keep me"
 
 
+def _compare_argv(clip: Path, model: str, out: Path) -> list[str]:
+    return [
+        "compare", str(clip), "--model", model, "--methods", "spes,random", "--n-masks", "3",
+        "--metrics", "size", "--slic-segments", "20,25,30", "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_compare_refuses_to_overwrite_before_work(
+    tiny_model: str, clip: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "cmp"
+    code, stdout, err = _run(capsys, _compare_argv(clip, tiny_model, out))
+    assert code == 0, err
+    written = {name: (out / name).read_bytes() for name in ("comparison.csv", "comparison.md", "comparison.png")}
+    assert all(written.values())
+    (out / "comparison.md").write_text("my notes")
+
+    def fail(device: str) -> tuple[Any, Any]:
+        raise AssertionError("the model must not be loaded when outputs exist")
+
+    monkeypatch.setitem(cli.MODEL_FACTORIES, "must-not-load", fail)
+    code, _, err = _run(capsys, _compare_argv(clip, "must-not-load", out))
+    _assert_one_line_error(code, err, "comparison.csv", "already exists", "--overwrite")
+    assert (out / "comparison.md").read_text() == "my notes"
+
+    code, _, err = _run(capsys, [*_compare_argv(clip, tiny_model, out), "--overwrite"])
+    assert code == 0, err
+    replaced = (out / "comparison.md").read_text()
+    assert replaced != "my notes" and replaced.splitlines()[0] == written["comparison.md"].decode().splitlines()[0]
+
+
 def test_out_is_a_file(tiny_model: str, clip: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "taken"
     out.write_text("a file")
@@ -353,6 +384,63 @@ def test_english_only_model_rejects_language(tiny_model: str, clip: Path, tmp_pa
     _assert_one_line_error(code, err)
 
 
+# ----- error policy: user errors one line, internal errors a traceback -----------------
+def _assert_internal_error(code: int, err: str, exception: str) -> None:
+    assert code == 1
+    assert "Traceback (most recent call last)" in err, err
+    assert exception in err
+    assert err.rstrip().splitlines()[-1].startswith("captum-spes: internal error: this is a bug"), err
+
+
+@pytest.mark.parametrize("bug", [ZeroDivisionError("division by zero"), ValueError("a bad shape"), RuntimeError("x")])
+def test_internal_error_shows_traceback(capsys, monkeypatch: pytest.MonkeyPatch, bug: Exception) -> None:
+    import captum_spes.models
+
+    def broken() -> dict:
+        raise bug
+
+    monkeypatch.setattr(captum_spes.models, "embedded_model_status", broken)
+    code, _, err = _run(capsys, ["info"])
+    _assert_internal_error(code, err, f"{type(bug).__name__}: {bug}")
+
+
+def test_compare_shares_the_error_policy(capsys, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import captum_spes.audio
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        return 1 / 0
+
+    code, _, err = _run(capsys, ["compare", str(tmp_path / "none.wav"), "--out", str(tmp_path / "o")])
+    _assert_one_line_error(code, err, "audio file not found")
+    assert code == 1
+    monkeypatch.setattr(captum_spes.audio, "read_audio", broken)
+    code, _, err = _run(capsys, ["compare", str(tmp_path / "none.wav"), "--out", str(tmp_path / "o")])
+    _assert_internal_error(code, err, "ZeroDivisionError")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_user_error_traceback(tmp_path: Path, capsys, where: str) -> None:
+    command = ["explain", str(tmp_path / "nope.wav"), "--out", str(tmp_path / "o")]
+    argv = ["--debug", *command] if where == "before" else [*command, "--debug"]
+    code, _, err = _run(capsys, argv)
+    assert code == 1
+    assert "Traceback (most recent call last)" in err and "AudioError" in err
+    assert err.rstrip().splitlines()[-1].startswith("captum-spes: error: audio file not found")
+    assert "internal error" not in err
+
+
+def test_interrupt_is_one_line(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import captum_spes.models
+
+    def interrupted() -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(captum_spes.models, "embedded_model_status", interrupted)
+    code, _, err = _run(capsys, ["info"])
+    assert code == 130
+    assert err.strip() == "captum-spes: interrupted"
+
+
 def test_argparse_errors_keep_their_format(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["explain", "x.wav", "--n-masks", "abc"])
@@ -384,7 +472,7 @@ def test_explain_real_tiny_en_in_process(clip: Path, tmp_path: Path, capsys) -> 
     assert "young man" in transcript.lower()
     assert "Estimated time: ~" in stdout and "per batch of 6" in stdout
     result = _check_outputs(out)
-    assert result.spectrogram_attr.shape[2] == 300  # 2.99 s at 100 frames/s
+    assert result.spectrogram_attr.shape[2] == 301  # 2.99 s of audio: the frames whose 25 ms window touches it
     assert "tiny.en" in str(result.metadata)
 
 

@@ -12,16 +12,15 @@ import pytest
 import torch
 from helpers import WordTokenizer, tiny_whisper, whisper_features
 
-from captum_spes import SPES, SLICMasks, SpeechSeq2SeqWrapper
+from captum_spes import SPES, SLICMasks, SpeechSeq2SeqWrapper, cli
 from captum_spes.comparison import (
     COLUMNS,
     DEFAULT_METHODS,
     ComparisonReport,
-    add_compare_arguments,
     compare,
     count_passes,
-    run_compare,
 )
+from captum_spes.comparison.cli import add_compare_arguments, run_compare
 from captum_spes.comparison.methods import occlusion_windows
 from captum_spes.data import AlignedInterval
 
@@ -278,7 +277,7 @@ def test_cli_arguments():
     args = _parser().parse_args(["a.wav", "--methods", "spes,random", "--n-masks", "5", "--step", "25"])
     assert args.audio == "a.wav" and args.model == "tiny.en"
     assert args.methods == ["spes", "random"] and args.n_masks == 5 and args.step == 25
-    assert args.metrics == ["deletion", "insertion", "size", "plausibility"]
+    assert args.metrics is None  # all metrics the given inputs allow (plausibility needs --alignment)
     with pytest.raises(SystemExit):
         _parser().parse_args(["a.wav", "--methods", "spes,lime"])
     with pytest.raises(SystemExit):
@@ -290,14 +289,15 @@ def test_cli_rejects_long_audio(tmp_path, capsys):
 
     path = tmp_path / "long.wav"
     sf.write(str(path), np.full(31 * 16000, 0.1, dtype=np.float32), 16000)
-    assert run_compare(_parser().parse_args([str(path), "--out", str(tmp_path / "out")])) == 2
-    assert "30 s" in capsys.readouterr().err
+    assert cli.main(["compare", str(path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("captum-spes: error: ") and "30 s" in err  # the CLI's one error policy
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_missing_inputs(tmp_path, capsys):
-    assert run_compare(_parser().parse_args([str(tmp_path / "none.wav")])) == 2
-    assert "not found" in capsys.readouterr().err
+    assert cli.main(["compare", str(tmp_path / "none.wav"), "--out", str(tmp_path / "out")]) == 1
+    assert "captum-spes: error: audio file not found" in capsys.readouterr().err
 
 
 @pytest.mark.real_model

@@ -45,7 +45,7 @@ def _clip(name: str = CLIPS[0]) -> Utterance:
 def test_audio_longer_than_whisper_s_window_and_missing_audio_are_refused(tmp_path: Path) -> None:
     long_clip = tmp_path / "long.wav"
     sf.write(long_clip, 0.1 * np.sin(np.arange(16000 * 31) / 9.0), 16000)
-    with pytest.raises(ValueError, match="31.0 s long, but Whisper's window is 30 s"):
+    with pytest.raises(AudioError, match="31.0 s long, but Whisper's window is 30 s"):
         load_waveform(Utterance(id="long", audio=long_clip))
     with pytest.raises(AudioError, match="not found"):
         load_waveform(Utterance(id="gone", audio=tmp_path / "gone.wav"))
@@ -71,8 +71,11 @@ def test_explain_utterance_is_spes_with_the_settings_and_records_the_id(tiny: tu
     _, model, processor = tiny
     spes = SPES(SpeechSeq2SeqWrapper(model, processor))
     result = explain_utterance(spes, _clip(), SETTINGS)
-    features = utterance_features(load_sample(CLIPS[0]).waveform, processor, model)
-    direct = spes.attribute(features, n_masks=16, seed=5, token_p=0.3, perturbations_per_eval=4)
+    waveform = load_sample(CLIPS[0]).waveform
+    features = utterance_features(waveform, spes.forward_func)
+    direct = spes.attribute(
+        features, n_masks=16, seed=5, token_p=0.3, perturbations_per_eval=4, num_samples=waveform.shape[0]
+    )
     assert result.metadata["utterance_id"] == CLIPS[0]
     assert torch.equal(result.spectrogram_attr, direct.spectrogram_attr)
     assert torch.equal(result.token_attr, direct.token_attr)

@@ -155,9 +155,10 @@ def test_temporary_files_of_a_killed_run_are_removed(tmp_path: Path) -> None:
     store = DatasetStore(tmp_path)
     _done(store, "a")
     leftovers = [
-        store.results_dir / ".b-123.4242.tmp.safetensors",
-        store.results_dir / ".b-123.4242.tmp.safetensors.partial",
-        tmp_path / ".index.4242.tmp.jsonl",
+        # The names captum_spes._utils.files.atomic_write gives (SPESResult.save nests one).
+        store.results_dir / ".b-123.safetensors.k3j9.partial.safetensors",
+        store.results_dir / "..b-123.safetensors.k3j9.partial.safetensors.x8q1.partial.safetensors",
+        tmp_path / ".index.jsonl.p0x2.partial.jsonl",
     ]
     for path in leftovers:
         path.write_bytes(b"half")

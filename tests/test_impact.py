@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from captum_spes import IMPACT_MEASURES, kl_divergence, probability_drop, register_impact_measure
-from captum_spes._utils.impact import resolve_impact_measure
+from captum_spes.impact import resolve_impact_measure
 
 
 def _reference_kl(clean_log_probs, perturbed_log_probs, floor=None):

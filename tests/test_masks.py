@@ -13,7 +13,7 @@ from captum_spes import (
     TimeMasks,
     register_mask_family,
 )
-from captum_spes._utils.masks import resolve_mask_family
+from captum_spes.masks import resolve_mask_family
 
 
 def _assert_valid_level(level, shape):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -98,3 +100,41 @@ def test_textgrid_path(tmp_path):
     grid.save(str(path), format="long_textgrid", includeBlankSpaces=True)
     report = word_plausibility(make_result(), str(path), tier="words")
     assert report.num_matched == 2 and report.mean_mass_in_span == pytest.approx(0.5)
+
+
+def test_pointing_with_tied_maxima_counts_the_share_inside():
+    # Ten frames; the maximum is shared by frames 2-5 (rows 0 and 1): 8 tied elements, of which
+    # the 4 in frames 4-5 lie in the interval [0.4, 0.6) s: expected hit 0.5, not the hit or miss
+    # of whichever tied element comes first.
+    saliency = torch.zeros(2, 10)
+    saliency[:, 2:6] = 1.0
+    out = interval_scores(saliency, 0.4, 0.6, frame_rate=10.0)
+    assert out["pointing_hit"] == pytest.approx(0.5) and out["argmax_time"] == pytest.approx(0.2)
+
+
+def test_significance_in_the_word_span():
+    # One word (" hello", frames 0-4 of 10) with statistics: unit 0 = frames 0-2, unit 1 =
+    # frames 3-5, unit 2 = the rest. Unit 0 and unit 2 are significant: one region inside the
+    # span, one outside -> found, and 3 x 2 of the 3 x 2 + 4 x 2 significant elements inside.
+    result = SPESResult(
+        spectrogram_attr=torch.rand(2, 2, 10),
+        token_attr=None,
+        target_ids=[1, 2],
+        tokens=[" hello", "<eos>"],
+        decoder_input_ids=[0, 1],
+        decoder_input_tokens=["<s>", " hello"],
+        num_prompt=1,
+        target_log_probs=torch.zeros(2),
+        metadata={"frame_rate": 10.0},
+        units=torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])[None, :].expand(2, 10).contiguous(),
+        unit_occluded=torch.ones(3, dtype=torch.float64),
+        spectrogram_se=torch.ones(2, 3),
+        spectrogram_z=torch.tensor([[9.0, 0.0, 9.0], [0.0, 0.0, 0.0]]),
+    )
+    report = word_plausibility(result, [AlignedInterval(0.0, 0.5, "hello")])
+    (word,) = report.utterances[0].words
+    assert word.significant_in_span == 1.0 and word.significant_share_in_span == pytest.approx(6 / 14)
+    assert report.significant_in_span == 1.0
+    assert math.isnan(
+        word_plausibility(result, [AlignedInterval(0.0, 0.5, "hello")], significance=None).significant_in_span
+    )

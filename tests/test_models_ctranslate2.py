@@ -7,6 +7,7 @@ and load it back. Real-model tests (``real_model``) use the ``[models]`` extra a
 compare against the ``ctranslate2`` package itself.
 """
 
+import copy
 import hashlib
 import json
 import re
@@ -227,7 +228,8 @@ def test_config_generation_config_and_tokenizer(tmp_path: Path) -> None:
         assert getattr(cfg, key) == getattr(ref, key), key
     assert (cfg.pad_token_id, cfg.eos_token_id, cfg.decoder_start_token_id) == (256, 256, 257)
     gen = model.generation_config
-    assert gen.forced_decoder_ids == [[1, 265]]  # English-only: <|notimestamps|>
+    # English-only: the prompt <|startoftranscript|> <|notimestamps|> follows from these fields.
+    assert getattr(gen, "forced_decoder_ids", None) is None and getattr(gen, "task", None) is None
     assert gen.no_timestamps_token_id == 265 and gen.prev_sot_token_id == 263
     assert gen.alignment_heads == [[0, 0], [0, 1]]
     assert gen.suppress_tokens == [1, 2, 7] and gen.is_multilingual is False
@@ -243,17 +245,90 @@ def test_config_generation_config_and_tokenizer(tmp_path: Path) -> None:
     assert tok.decode([266, *hi, 316], decode_with_timestamps=True) == "<|0.00|>hi<|1.00|>"
 
 
-def test_multilingual_generation_config_forces_transcribe() -> None:
-    # Multilingual iff vocab_size >= 51865 (as in HF); ids come from tokenizer.json.
-    config = WhisperConfig(vocab_size=51865, pad_token_id=256, bos_token_id=256, eos_token_id=256,
-                           decoder_start_token_id=257, max_target_positions=448)  # fmt: skip
+def _multilingual_config() -> WhisperConfig:
+    # Multilingual iff vocab_size >= 51865 (as in HF); the special ids come from the tiny tokenizer.json.
+    return WhisperConfig(vocab_size=51865, d_model=32, encoder_layers=1, decoder_layers=1,
+                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                         decoder_ffn_dim=64, pad_token_id=256, bos_token_id=256, eos_token_id=256,
+                         decoder_start_token_id=257, max_target_positions=448)  # fmt: skip
+
+
+def test_multilingual_generation_config_defaults_to_transcribe() -> None:
     ct2_config = {"lang_ids": [258, 259], "alignment_heads": [[0, 1]]}
-    gen = whisper_generation_config(config, ct2_config, tiny_tokenizer_json())
+    gen = whisper_generation_config(_multilingual_config(), ct2_config, tiny_tokenizer_json())
     assert gen.is_multilingual is True
     assert gen.lang_to_id == {"<|en|>": 258, "<|de|>": 259}
     assert gen.task_to_id == {"translate": 260, "transcribe": 261}
-    # Without the task entry transformers 5.x prompts without <|transcribe|> (degenerate output).
-    assert gen.forced_decoder_ids == [[1, None], [2, 261]]
+    # Without a task transformers 5.x prompts without <|transcribe|> (degenerate output).
+    assert gen.task == "transcribe" and getattr(gen, "language", None) is None
+    assert getattr(gen, "forced_decoder_ids", None) is None
+
+
+class PromptRecorder:
+    r"""A logits processor that keeps the decoder input of the first step: the prompt ``generate`` built."""
+
+    def __init__(self) -> None:
+        self.prompt: list[int] | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.prompt is None:
+            self.prompt = input_ids[0].tolist()
+        return scores
+
+
+def prompt_and_tokens(model, features: torch.Tensor, **generate_kwargs) -> tuple[list[int], list[int]]:
+    r"""The prompt ``generate`` forces and the greedy tokens it returns (prompt stripped, as transformers 5 does)."""
+    from transformers import LogitsProcessorList
+
+    recorder = PromptRecorder()
+    with torch.no_grad():
+        out = model.generate(features, logits_processor=LogitsProcessorList([recorder]), **generate_kwargs)
+    tokens = out[0].tolist()
+    while tokens and tokens[0] in recorder.prompt:
+        tokens = tokens[1:]
+    return recorder.prompt, tokens
+
+
+def legacy_generation_config(gen):
+    r"""``gen`` as captum-spes built it before: the prompt in ``forced_decoder_ids``, no default task."""
+    legacy = copy.deepcopy(gen)
+    if gen.is_multilingual:
+        legacy.forced_decoder_ids = [[1, None], [2, gen.task_to_id["transcribe"]]]
+        del legacy.task
+    else:
+        legacy.forced_decoder_ids = [[1, gen.no_timestamps_token_id]]
+    return legacy
+
+
+def same_as_legacy(model, features: torch.Tensor, **generate_kwargs) -> tuple[list[int], list[int]]:
+    r"""Prompt and tokens with ``model``'s generation config, asserted equal to those of the legacy one."""
+    current = model.generation_config
+    got = prompt_and_tokens(model, features, **generate_kwargs)
+    model.generation_config = legacy_generation_config(current)
+    try:
+        before = prompt_and_tokens(model, features, **generate_kwargs)
+    finally:
+        model.generation_config = current
+    assert got == before
+    return got
+
+
+def test_generated_prompt_unchanged_without_forced_decoder_ids() -> None:
+    ct2_config = {"lang_ids": [258, 259], "suppress_ids": [1, 2], "suppress_ids_begin": [256]}
+    torch.manual_seed(0)
+    multilingual = WhisperForConditionalGeneration(_multilingual_config()).eval()
+    multilingual.generation_config = whisper_generation_config(multilingual.config, ct2_config, tiny_tokenizer_json())
+    feats = _features()
+    prompt, tokens = same_as_legacy(multilingual, feats, max_new_tokens=3)
+    assert prompt[0] == 257 and prompt[1] in (258, 259) and prompt[2:] == [261, 265]  # detected language
+    assert len(tokens) > 0
+    prompt, _ = same_as_legacy(multilingual, feats, max_new_tokens=3, language="de", task="translate")
+    assert prompt == [257, 259, 260, 265]
+
+    english = tiny_whisper()
+    english.generation_config = whisper_generation_config(english.config, ct2_config, tiny_tokenizer_json())
+    prompt, _ = same_as_legacy(english, feats, max_new_tokens=3)
+    assert prompt == [257, 265]
 
 
 def test_split_parts_equal_single_file(tmp_path: Path) -> None:
@@ -382,7 +457,7 @@ def test_tiny_en_tokenizer_and_generation_config(tiny_en_converted) -> None:
     assert len(tok) == model.config.vocab_size == 51864
     assert tok.all_special_ids[-1] == gen.no_timestamps_token_id == 50362
     assert tok.convert_tokens_to_ids(["<|0.00|>", "<|30.00|>"]) == [50363, 51863]
-    assert gen.forced_decoder_ids == [[1, 50362]] and gen.is_multilingual is False
+    assert getattr(gen, "forced_decoder_ids", None) is None and gen.is_multilingual is False
     assert (gen.decoder_start_token_id, gen.eos_token_id, gen.prev_sot_token_id) == (50257, 50256, 50360)
     assert len(gen.alignment_heads) == 8 and gen.begin_suppress_tokens == [220, 50256]
     # Timestamp decoding starts at all_special_ids[-1] + 1: <|0.00|> = 50363, <|11.00|> = 50913.

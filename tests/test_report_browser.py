@@ -92,6 +92,36 @@ OVERLAY_SUM = """() => {
 }"""
 
 
+def _ink_fraction(png: bytes) -> float:
+    """Mean darkness of a screenshot, 0 (white) to 1 (black): the icons are #222 on white."""
+    import io
+
+    from PIL import Image
+
+    grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+    return float(np.mean(1.0 - grey / 255.0))
+
+
+def _assert_icons_render(page) -> None:
+    """Every play/listen button draws its SVG icon: no font glyph needed, a visible shape, a label."""
+    for selector in ("button.play-word", "button.listen-word"):
+        buttons = page.locator(selector)
+        assert buttons.count() > 0, selector
+        button = buttons.first
+        # No text: an icon made of a character needs a font with that glyph (an emoji font
+        # for the speaker), which Debian's chromium lacks, and then shows an empty box.
+        assert button.inner_text().strip() == "", selector
+        assert button.get_attribute("aria-label"), selector
+        icon = button.locator("svg.icon")
+        box = icon.bounding_box()
+        assert box is not None and box["width"] >= 8 and box["height"] >= 8, (selector, box)
+        # A drawn shape, neither blank nor a filled square: the play triangle covers 20 % of
+        # its 16 x 16 view box, the speaker and its waves about 27 % (Debian's chromium 0.15
+        # and 0.23 mean darkness, antialiased).
+        ink = _ink_fraction(icon.screenshot())
+        assert 0.08 < ink < 0.5, (selector, ink)
+
+
 def test_report_in_chromium(browser, tmp_path) -> None:
     waveform = (0.3 * np.sin(2 * np.pi * 440 * np.arange(24000) / 16000)).astype(np.float32)
     path = write_html_report(
@@ -145,6 +175,8 @@ def test_report_in_chromium(browser, tmp_path) -> None:
     assert clip.get_attribute("data-playing") == "1"
     assert clip.get_attribute("src").startswith("data:audio/wav;base64,")
 
+    _assert_icons_render(page)
+
     page.locator("#show-utterance").click()
     assert overlay.get_attribute("data-active") == "utterance"
     assert page.evaluate(OVERLAY_SUM) == before
@@ -155,4 +187,40 @@ def test_report_in_chromium(browser, tmp_path) -> None:
     screenshot = os.environ.get("CAPTUM_SPES_SCREENSHOT")
     if screenshot:
         page.screenshot(path=screenshot, full_page=True)
+    page.close()
+
+
+def test_report_mutes_what_is_not_significant(browser, tmp_path) -> None:
+    # Two units per token: its salient block (significant for that token only) and the rest.
+    result = make_result()
+    k = result.num_tokens
+    units = torch.zeros(80, 150, dtype=torch.long)
+    units[10:22, 0:30] = 1  # token 0's block
+    result.units = units
+    result.unit_occluded = torch.tensor([10.0, 10.0], dtype=torch.float64)
+    z = torch.zeros(k, 2)
+    z[0, 1] = 9.0
+    result.spectrogram_z, result.spectrogram_se = z, torch.ones(k, 2)
+    path = write_html_report(result, tmp_path / "significant.html", features=torch.randn(1, 80, 3000))
+    plain = write_html_report(result, tmp_path / "plain.html", features=torch.randn(1, 80, 3000), significance=None)
+    page = browser.new_page()
+    page.goto(path.as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+    assert "Bright: significant at 0.05" in page.locator("#significance").inner_text()
+    page.locator(".token[data-token-index='0']").click()
+    overlay = page.locator("#overlay")
+    assert overlay.get_attribute("data-significant") == str(12 * 30)
+    muted = page.evaluate(OVERLAY_SUM)
+    page.locator(".token[data-token-index='1']").click()
+    assert overlay.get_attribute("data-significant") == "0"
+    other = page.evaluate(OVERLAY_SUM)
+    page.goto(plain.as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+    assert page.locator("#significance").inner_text() == ""
+    page.locator(".token[data-token-index='0']").click()
+    assert overlay.get_attribute("data-significant") == ""
+    full = page.evaluate(OVERLAY_SUM)
+    # Muting lowers the overlay's opacity outside the significant block; nothing is muted
+    # without statistics.
+    assert muted < full and other < muted
     page.close()

@@ -218,3 +218,84 @@ def test_shape_properties_and_repr():
     assert result.duration == pytest.approx(0.03) and result.frame_rate == 100.0
     assert result.as_tuple()[0] is result.spectrogram_attr
     assert "He was not." in repr(result) and "n_masks=12" in repr(result)
+
+
+# ----- uncertainty -----------------------------------------------------------------------------
+
+
+def _with_statistics():
+    """The result above with two units per map (left column / the rest) and known z values."""
+    result = _result()
+    result.units = torch.tensor([[0, 1, 1], [0, 1, 1]])
+    result.unit_occluded = torch.tensor([6.0, 6.0], dtype=torch.float64)
+    result.spectrogram_se = torch.full((6, 2), 0.5)
+    # Unit 0 is strong evidence for token 3 only; unit 1 for nobody.
+    z = torch.zeros(6, 2)
+    z[3, 0] = 6.0
+    result.spectrogram_z = z
+    result.token_occluded = torch.tensor([0.0, 5.0, 5.0, 5.0, 5.0, 5.0], dtype=torch.float64)
+    result.token_se = torch.full((6, 6), 0.1)
+    tz = torch.zeros(6, 6)
+    tz[4, 0] = 9.0  # column 0 was never zeroed: this z must not count
+    tz[4, 2] = 9.0
+    result.token_z = tz
+    return result
+
+
+def test_uncertainty_round_trips_and_reads_per_element(tmp_path):
+    result = _with_statistics()
+    loaded = SPESResult.load(result.save(tmp_path / "x.safetensors"))
+    for name in ("units", "unit_occluded", "spectrogram_se", "spectrogram_z", "token_occluded", "token_se", "token_z"):
+        assert torch.equal(getattr(loaded, name), getattr(result, name)), name
+    assert loaded.num_units == 2
+    assert loaded.standard_error.shape == (6, 2, 3) and loaded.z_map[3, 1, 0] == 6.0 and loaded.z_map[3, 0, 1] == 0
+
+
+def test_significance_of_the_spectrogram_and_the_token_map():
+    result = _with_statistics()
+    significant = result.significance()
+    assert significant.shape == (6, 2, 3)
+    assert significant[3, :, 0].all() and not significant[3, :, 1:].any()
+    assert significant.sum() == 2  # token 3's unit 0 (two elements), nothing else
+    tokens = result.significance(of="tokens")
+    # (4, 2) is significant; (4, 0) has a large z but column 0 was never zeroed.
+    assert tokens[4, 2] and not tokens[4, 0] and tokens.sum() == 1
+    assert not result.token_valid_mask()[:, 0].any()
+    with pytest.raises(ValueError, match='of must be "spectrogram" or "tokens"'):
+        result.significance(of="words")
+
+
+def test_results_without_statistics_say_so():
+    with pytest.raises(ValueError, match="holds no uncertainty"):
+        _result().significance()
+    with pytest.raises(ValueError, match="holds no uncertainty"):
+        _result().standard_error  # noqa: B018
+
+
+def test_normalize_keeps_z_and_drops_standard_errors():
+    normalized = _with_statistics().normalize()
+    assert torch.equal(normalized.spectrogram_z, _with_statistics().spectrogram_z)
+    assert normalized.spectrogram_se is None and normalized.token_se is None
+    assert torch.equal(normalized.significance(), _with_statistics().significance())
+
+
+def test_never_occluded_elements_are_left_out_of_normalisation():
+    result = _with_statistics()
+    result.unit_occluded = torch.tensor([6.0, 0.0], dtype=torch.float64)  # unit 1 never occluded
+    result.spectrogram_attr[:, :, 1:] = -50.0  # would set every row's minimum if it counted
+    normalized = result.normalize("single_mean_std")
+    assert torch.equal(normalized.spectrogram_attr[:, :, 1:], torch.zeros(6, 2, 2))
+    # Token 3: its valid elements are 100 and 4 (left column): z-scored over those two only.
+    torch.testing.assert_close(normalized.spectrogram_attr[3, :, 0], torch.tensor([0.7071, -0.7071]), atol=1e-4, rtol=0)
+
+
+def test_word_z_is_the_bonferroni_corrected_best_token():
+    result = _with_statistics()
+    z = torch.zeros(6, 2)
+    z[2, 0] = 3.0  # " n" in the word " not." (tokens 2, 3, 4)
+    result.spectrogram_z = z
+    words = result.to_words()
+    # p = 1 - Phi(3) = 0.0013499; times 3 tokens = 0.0040497; z = Phi^-1(1 - 0.0040497) = 2.6483
+    assert words.spectrogram_z[2, 0].item() == pytest.approx(2.6483, abs=1e-3)
+    assert words.spectrogram_z.shape == (4, 2) and words.spectrogram_se is None
+    assert words.token_z.shape == (4, 4)

@@ -5,9 +5,9 @@ from contextlib import redirect_stderr
 
 import pytest
 import torch
-from helpers import REGIONS, ToySpeechModel, tiny_whisper, toy_features, whisper_features
+from helpers import REGIONS, ToySpeechModel, tiny_wav2vec2_bert, tiny_whisper, toy_features, whisper_features
 
-from captum_spes import SPES, CustomMasks, SLICMasks, SpeechSeq2SeqWrapper, TimeMasks
+from captum_spes import SPES, CustomMasks, InputError, SLICMasks, SpeechSeq2SeqWrapper, TimeMasks
 
 
 def _spes_test_assert(model, features, expected_spec=None, **kwargs):
@@ -190,9 +190,20 @@ def test_captum_contract(whisper):
     spes = SPES(SpeechSeq2SeqWrapper(whisper))
     assert SPES.get_name() == "SPES"
     assert spes.multiplies_by_inputs and not spes.has_convergence_delta()
-    assert hasattr(SPES.attribute, "__wrapped__")  # @log_usage, used by NoiseTunnel
+    assert hasattr(SPES.attribute, "__wrapped__")  # @log_usage
     with pytest.raises(NotImplementedError):
         spes.attribute_future()
+
+
+@pytest.mark.parametrize("batch", [None, 1])
+def test_noise_tunnel_is_refused_with_a_clear_message(whisper, batch):
+    from captum.attr import NoiseTunnel
+
+    tunnel = NoiseTunnel(SPES(SpeechSeq2SeqWrapper(whisper)))
+    with pytest.raises(InputError, match="SPES does not work inside Captum's NoiseTunnel"):
+        tunnel.attribute(whisper_features(), nt_samples=2, nt_samples_batch_size=batch, n_masks=3)
+    # The refusal only concerns NoiseTunnel's route: a plain call still works.
+    assert SPES(SpeechSeq2SeqWrapper(whisper)).attribute(whisper_features(), n_masks=3, token_p=None).n_mels == 80
 
 
 def test_half_precision_is_finite():
@@ -236,39 +247,11 @@ def test_speech2text_time_first_layout():
 
 
 def test_speech_encoder_decoder_waveform_input():
-    from transformers import BertConfig, SpeechEncoderDecoderModel, Wav2Vec2Config
-
-    encoder = Wav2Vec2Config(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(8, 8),
-        conv_stride=(5, 4),
-        conv_kernel=(10, 4),
-        num_conv_pos_embeddings=4,
-        num_conv_pos_embedding_groups=2,
-    )
-    decoder = BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        is_decoder=True,
-        add_cross_attention=True,
-    )
-    torch.manual_seed(0)
-    from transformers import SpeechEncoderDecoderConfig
-
-    model = SpeechEncoderDecoderModel(SpeechEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)).eval()
-    for config in (model.config, model.generation_config):
-        config.decoder_start_token_id = 1
-        config.eos_token_id = 2
-        config.pad_token_id = 0
+    model = tiny_wav2vec2_bert()
     waveform = torch.randn(1, 1600)
-    result = _spes_test_assert(model, waveform, n_masks=6, target=[5, 6], feature_mask=TimeMasks(160))
-    assert result.spectrogram_attr.shape == (3, 1, 1600)
+    # waveform encoders are perturbed in the STFT domain: 201 bins of 40 Hz, 10 ms frames
+    result = _spes_test_assert(model, waveform, n_masks=6, target=[5, 6], feature_mask=TimeMasks(2))
+    assert result.spectrogram_attr.shape == (3, 201, 11)
     with pytest.raises(ValueError, match="inputs must have shape"):
         SPES(SpeechSeq2SeqWrapper(model)).attribute(torch.randn(1, 80, 100), n_masks=3, target=[5])
 
@@ -337,3 +320,14 @@ def test_impact_measure_returning_nan_is_an_error(whisper):
 
     with pytest.raises(FloatingPointError, match="NaN or inf"):
         SPES(SpeechSeq2SeqWrapper(whisper)).attribute(whisper_features(), n_masks=3, impact=broken)
+
+
+def test_the_callers_utterance_id_is_saved(whisper, tmp_path):
+    result = SPES(SpeechSeq2SeqWrapper(whisper)).attribute(
+        whisper_features(), n_masks=3, token_p=None, utterance_id="corpus/clip-7"
+    )
+    assert result.metadata["utterance_id"] == "corpus/clip-7"
+    loaded = type(result).load(result.save(tmp_path / "x"))
+    assert loaded.metadata["utterance_id"] == "corpus/clip-7"
+    assert loaded.num_units == result.num_units
+    torch.testing.assert_close(loaded.spectrogram_z, result.spectrogram_z, equal_nan=True)  # 3 masks: mostly NaN

@@ -29,6 +29,7 @@ NOTEBOOKS = [
     "02_spes_vs_integrated_gradients_vs_occlusion.ipynb",
     "03_explain_speech_translation.ipynb",
     "04_evaluating_explanations.ipynb",
+    "05_contrastive_gender_translation.ipynb",
 ]
 KERNEL_NAME = "captum-spes-tutorials"
 CELL_TIMEOUT_S = 600
@@ -126,3 +127,7 @@ def test_tutorial_executes(name: str, tutorial_session: dict, tmp_path: Path, mo
     if name.startswith("01_"):
         assert (tmp_path / "librivox_0880_spes.safetensors").is_file()
         assert (tmp_path / "librivox_0880_report.html").is_file()
+    if name.startswith("05_"):
+        assert "Contrastive explanation" in (tmp_path / "librivox_0880_contrast_report.html").read_text(
+            encoding="utf-8"
+        )

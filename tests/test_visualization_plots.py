@@ -214,3 +214,57 @@ def test_profiles_feed_captum_visualize_timeseries_attr(result: SPESResult, monk
     assert isinstance(fig, Figure)
     axis = ax[0] if isinstance(ax, (list, np.ndarray)) else ax
     assert axis.get_xlim()[1] >= seconds[-1] - 1e-9
+
+
+def _with_significance(result: SPESResult) -> SPESResult:
+    """Two units: frames < 50 (significant for token 1 only) and the rest (never significant)."""
+    units = (torch.arange(N_FRAMES) >= 50).long()[None, :].expand(N_MELS, N_FRAMES).clone()
+    z = torch.zeros(len(TOKENS), 2)
+    z[1, 0] = 8.0
+    result.units, result.spectrogram_z = units, z
+    result.unit_occluded = torch.tensor([10.0, 10.0], dtype=torch.float64)
+    result.spectrogram_se = torch.ones(len(TOKENS), 2)
+    return result
+
+
+def _overlay_alpha(ax: Axes) -> np.ndarray:
+    image = ax.get_images()[-1]
+    return np.broadcast_to(np.asarray(image.get_alpha()), image.get_array().shape)
+
+
+def test_not_significant_elements_are_muted_and_the_legend_says_so(result):
+    result = _with_significance(result)
+    features = np.random.default_rng(0).random((N_MELS, N_FRAMES))
+    fig, ax = plot_token_saliency(result, 1, features, alpha=0.6)
+    opacity = _overlay_alpha(ax)
+    assert np.allclose(opacity[:, :50], 0.6) and np.allclose(opacity[:, 50:], 0.6 * 0.15)
+    legend = " ".join(t.get_text() for t in ax.texts)
+    assert "significant" in legend and "0.05" in legend and "Monte-Carlo noise" in legend
+    assert ax.collections, "the significant region is outlined"
+    plt.close(fig)
+    # Token 0 has nothing significant: everything is muted and the legend says so.
+    fig, ax = plot_token_saliency(result, 0, features, alpha=0.6)
+    assert np.allclose(_overlay_alpha(ax), 0.6 * 0.15)
+    assert "nothing significant" in " ".join(t.get_text() for t in ax.texts)
+    plt.close(fig)
+
+
+def test_significance_none_or_no_statistics_draws_the_plain_map(result):
+    fig, ax = plot_token_saliency(result, 1, alpha=0.6)  # no statistics in this result
+    assert np.allclose(_overlay_alpha(ax), 1.0) and not ax.texts
+    plt.close(fig)
+    fig, ax = plot_token_saliency(_with_significance(result), 1, significance=None)
+    assert np.allclose(_overlay_alpha(ax), 1.0) and not ax.texts
+    plt.close(fig)
+
+
+def test_utterance_and_word_maps_mute_too(result):
+    result = _with_significance(result)
+    fig, ax = plot_utterance_map(result)
+    opacity = _overlay_alpha(ax)
+    assert np.allclose(opacity[:, :50], 1.0) and np.allclose(opacity[:, 50:], 0.15)  # no features: opaque
+    assert "in any token" in " ".join(t.get_text() for t in ax.texts)
+    plt.close(fig)
+    fig, ax = plot_word_saliency(result, 1)  # " was" is token 1
+    assert np.allclose(_overlay_alpha(ax)[:, :50], 1.0) and np.allclose(_overlay_alpha(ax)[:, 50:], 0.15)
+    plt.close(fig)

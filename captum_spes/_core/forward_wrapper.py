@@ -11,15 +11,15 @@ optionally with some decoder-input token embeddings zeroed. It is the ``forward_
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
 
-from captum_spes._utils.adapters import ModelAdapter, get_model_adapter
+from captum_spes.adapters import ModelAdapter, get_model_adapter
+from captum_spes.errors import InputError
 
 __all__ = ["Hypothesis", "SpeechSeq2SeqWrapper"]
 
@@ -181,9 +181,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
         if isinstance(target, Hypothesis):
             hypothesis = target
         elif target is None:
-            with torch.inference_mode():
-                output = self.model.generate(**{self.adapter.input_name: inputs}, **generate_kwargs)
-            sequence = getattr(output, "sequences", output)[0]
+            sequence = self.adapter.generate(inputs, **generate_kwargs)[0]
             generated_prompt, token_ids = self.adapter.generated_hypothesis(sequence, inputs, generate_kwargs)
             hypothesis = self._build(
                 list(prompt_ids) if prompt_ids is not None else generated_prompt, token_ids, eos, "generate"
@@ -191,7 +189,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
         else:
             if isinstance(target, str):
                 if self.tokenizer is None:
-                    raise ValueError(
+                    raise InputError(
                         "target is text but the wrapper has no tokenizer: pass processor= when "
                         "building SpeechSeq2SeqWrapper, or give token ids"
                     )
@@ -200,7 +198,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
             else:
                 values = target.tolist() if isinstance(target, Tensor) else list(target)
                 if any(isinstance(v, list) for v in values):
-                    raise ValueError("target ids must be a flat sequence of ints for one utterance")
+                    raise InputError("target ids must be a flat sequence of ints for one utterance")
                 token_ids = [int(v) for v in values]
                 source = "ids"
             prompt = (
@@ -208,12 +206,12 @@ class SpeechSeq2SeqWrapper(nn.Module):
             )
             hypothesis = self._build(prompt, token_ids, eos, source)
         if not hypothesis.token_ids:
-            raise ValueError(
+            raise InputError(
                 "the hypothesis is empty (the model generated no token before its end token): "
                 "there is nothing to explain; pass target= with a text or token ids to explain"
             )
         if not hypothesis.prompt_ids:
-            raise ValueError("prompt_ids must hold at least the decoder start token")
+            raise InputError("prompt_ids must hold at least the decoder start token")
         self._hypothesis = hypothesis
         self._decoder_input_ids = torch.tensor([hypothesis.decoder_input_ids], dtype=torch.long)
         return hypothesis
@@ -237,23 +235,6 @@ class SpeechSeq2SeqWrapper(nn.Module):
         )
 
     # ----- forward ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _zeroed_tokens(self, token_keep_mask: Tensor | None) -> Iterator[None]:
-        if token_keep_mask is None:
-            yield
-            return
-        keep = token_keep_mask
-
-        def hook(module: nn.Module, args: Any, output: Tensor) -> Tensor:
-            # Zero whole token embeddings before positions are added (no_position_occlusion).
-            return output * keep.to(dtype=output.dtype, device=output.device)[..., None]
-
-        handle = self.adapter.decoder_embedding().register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
-
     def _check_keep_mask(self, token_keep_mask: Tensor | None, batch: int) -> Tensor | None:
         if token_keep_mask is None:
             return None
@@ -265,7 +246,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
             or token_keep_mask.shape[-1] != width
             or token_keep_mask.shape[0] not in (1, batch)
         ):
-            raise ValueError(
+            raise InputError(
                 f"token_keep_mask must have shape (batch, {width}) or ({width},) with 1 where a "
                 f"decoder input is kept; got {tuple(token_keep_mask.shape)}"
             )
@@ -293,7 +274,7 @@ class SpeechSeq2SeqWrapper(nn.Module):
         batch = input_features.shape[0]
         keep = self._check_keep_mask(token_keep_mask, batch)
         ids = self._decoder_input_ids.to(input_features.device).expand(batch, -1)
-        with self._zeroed_tokens(keep):
+        with self.adapter.zeroed_token_embeddings(keep):
             logits = self.adapter.logits(ids, model_inputs=input_features)
         return self._explained_logits(logits).float().log_softmax(dim=-1)
 
@@ -313,10 +294,9 @@ class SpeechSeq2SeqWrapper(nn.Module):
         """
         batch = token_keep_mask.shape[0]
         keep = self._check_keep_mask(token_keep_mask, batch)
-        hidden = encoder_outputs[0] if isinstance(encoder_outputs, (tuple, list)) else encoder_outputs.last_hidden_state
-        expanded = (hidden.expand(batch, *hidden.shape[1:]),)
-        ids = self._decoder_input_ids.to(hidden.device).expand(batch, -1)
-        with self._zeroed_tokens(keep):
+        expanded = self.adapter.expand_encoder_outputs(encoder_outputs, batch)
+        ids = self._decoder_input_ids.to(self.device).expand(batch, -1)
+        with self.adapter.zeroed_token_embeddings(keep):
             logits = self.adapter.logits(ids, encoder_outputs=expanded)
         return self._explained_logits(logits).float().log_softmax(dim=-1)
 

@@ -3,10 +3,9 @@ r"""SPES: Spectrogram Perturbation for Explainable Speech-to-text Generation."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,53 +15,40 @@ from captum.log import log_usage
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from captum_spes._core.config import SPESConfig
+from captum_spes._core.estimators import Estimate, Estimator, MaskStage
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper, TargetType
 from captum_spes._core.result import SPESResult
-from captum_spes._utils.accumulator import SegmentAccumulator
-from captum_spes._utils.adaptive import (
-    AdaptiveMasks,
-    split_half_reliability,
-    split_half_top_overlap,
-    split_half_utterance_overlap,
-)
-from captum_spes._utils.baselines import BaselineSpec, resolve_baseline
-from captum_spes._utils.impact import ImpactMeasure, resolve_impact_measure
-from captum_spes._utils.masks import MaskFamily, MaskLevel, resolve_mask_family
-from captum_spes._utils.sampling import MaskBatch, MaskSampler, split_masks_across_levels
+from captum_spes._core.utterance import Utterance
+from captum_spes._utils.adaptive import AdaptiveMasks, run_adaptive
+from captum_spes._utils.baselines import BaselineSpec
+from captum_spes._utils.batching import BatchSizer
+from captum_spes._utils.sampling import MaskBatch, MaskSampler
+from captum_spes.errors import InputError, InputTypeError
+from captum_spes.impact import ImpactMeasure
+from captum_spes.masks import MaskFamily, MaskLevel
 
 __all__ = ["SPES"]
 
-TOKEN_MASK_MODES = ("decoupled", "joint")
-_VERSIONED = ("captum-spes", "captum", "torch", "transformers", "numpy", "scikit-image")
+#: scores one batch of masks: ``(batch, num_tokens)`` impacts
+PassFn = Callable[[MaskBatch], Tensor]
 
 
 @dataclass
-class _Utterance:
-    """What every perturbed pass of one utterance needs."""
+class _Run:
+    """What every pass of one attribution call shares."""
 
-    labels: list[Tensor]  # per level, (n_mels, n_frames) segment ids
-    speech: Tensor  # (n_mels, n_frames) speech frames
-    canonical_full: Tensor  # (n_mels, input_frames), padding included
-    baseline: Tensor  # broadcastable to speech
+    utterance: Utterance
+    hypothesis: Hypothesis
     clean: Tensor  # (num_tokens, vocab) clean log-probabilities
     target_ids: Tensor  # (num_tokens,)
     measure: ImpactMeasure
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def _check_probability(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name} must be a probability strictly between 0 and 1, got {value!r}")
-    return float(value)
+    labels: list[Tensor]  # per level, (n_mels, n_frames) segment ids on the device
+    token_maskable: Tensor  # (num_decoder_inputs,) bool
+    per_eval: int  # masks per forward pass
+    sizer: BatchSizer  # backs off when a batch does not fit in memory
+    bar: Any
+    joint_tokens: Estimator | None = None  # the token map of joint masks
 
 
 class SPES(PerturbationAttribution):
@@ -75,15 +61,17 @@ class SPES(PerturbationAttribution):
     The impact of a mask on token ``k`` is ``KL(P_clean,k || P_perturbed,k)`` over the whole
     vocabulary; an element's score is the mean impact over the masks that occluded it.
     Previous tokens are perturbed by zeroing whole decoder-input embeddings (positions are
-    kept) and scored the same way; their map is causal.
+    kept) and scored the same way; their map is causal. Every map comes with the standard
+    error and a z statistic of each independently estimated unit
+    (:meth:`SPESResult.significance` reads the map with its noise).
 
     The defaults follow the reference implementation's published configuration (SLIC levels
     2000/2500/3000 per 500 frames capped at 750 frames, compactness 0.1, sigma 1, p = 0.5,
-    20 000 masks, KL), with these documented differences: exactly ``n_masks`` masks are used
-    (the reference rounds down to a multiple of the level count); the occlusion value is the
-    per-mel-bin mean over the speech frames (what 0 meant after the reference's CMVN);
-    token masks are drawn on separate decoder-only passes by default (``token_masks``);
-    only speech frames are perturbed and attributed.
+    20 000 masks, KL, the conditional-mean estimator), with these documented differences:
+    exactly ``n_masks`` masks are used (the reference rounds down to a multiple of the level
+    count); the occlusion value is the per-mel-bin mean over the speech frames (what 0 meant
+    after the reference's CMVN); token masks are drawn on separate decoder-only passes by
+    default (``token_masks``); only speech frames are perturbed and attributed.
 
     More details on the method:
     https://arxiv.org/abs/2411.01710 (Fucci et al., *SPES: Spectrogram Perturbation for
@@ -96,7 +84,7 @@ class SPES(PerturbationAttribution):
 
     def __init__(self, forward_func: SpeechSeq2SeqWrapper) -> None:
         if not isinstance(forward_func, SpeechSeq2SeqWrapper):
-            raise TypeError(
+            raise InputTypeError(
                 "SPES needs a SpeechSeq2SeqWrapper as forward_func (it owns the hypothesis and "
                 f"the token masks); got {type(forward_func).__name__}. Wrap the model: "
                 "SPES(SpeechSeq2SeqWrapper(model, processor))"
@@ -122,14 +110,17 @@ class SPES(PerturbationAttribution):
         n_masks: int | Sequence[int] | str | AdaptiveMasks = 20000,
         p: float = 0.5,
         token_p: float | None = 0.5,
-        token_masks: str = "decoupled",
+        token_masks: str | None = None,
         n_token_masks: int | None = None,
         impact: str | ImpactMeasure = "kl",
+        estimator: str | Estimator = "reference",
         seed: int = 0,
         num_frames: int | None = None,
-        perturb_prompt: bool = True,
+        num_samples: int | None = None,
+        perturb_prompt: bool | None = None,
         prompt_ids: Sequence[int] | None = None,
         generate_kwargs: dict[str, Any] | None = None,
+        utterance_id: str | None = None,
     ) -> SPESResult:
         r"""
         Args:
@@ -141,16 +132,19 @@ class SPES(PerturbationAttribution):
                 reference's semantics); ``"floor"``: the features' silence value; a number;
                 or a tensor shaped like ``inputs`` (first dimension 1), like the speech
                 frames ``(n_mels, n_frames)``, or broadcastable to them. Default: None
-            target (str, sequence of int, Tensor or Hypothesis, optional): the hypothesis to
+            target (str, list of int, 1-D Tensor or Hypothesis, optional): the hypothesis to
                 explain. None decodes with ``model.generate`` and the model's generation
-                config; a string (e.g. a reference transcript) is tokenized; ids are used as
-                given. The forced prompt conditions but is not explained; the end token is.
-                Default: None
+                config; a string (e.g. a reference transcript) is tokenized; a list or 1-D
+                tensor of ids is used as given. The forced prompt conditions but is not
+                explained; the end token is. Captum's output indices (an int or a tuple such
+                as ``(k, token_id)``) are refused: SPES explains every position in one run,
+                so take ``result.spectrogram_attr[k]`` for position ``k``. Default: None
             additional_forward_args (None): not supported; SPES drives the wrapper itself.
             feature_mask (None, str, MaskFamily, Tensor or list[Tensor], optional): how the
-                spectrogram is segmented. None: multi-scale SLIC with the published settings;
-                ``"slic"``, ``"time"``, ``"frequency"``, ``"element"`` or any registered
-                family; a :class:`MaskFamily`; or integer segment ids over the speech frames
+                spectrogram is segmented. None: multi-scale SLIC with the published settings
+                (20 ms time segments for waveform models); ``"slic"``, ``"time"``,
+                ``"frequency"``, ``"element"`` or any registered family; a
+                :class:`MaskFamily`; or integer segment ids over the speech frames
                 ``(n_mels, n_frames)`` (or broadcastable, e.g. ``(1, n_frames)``), one
                 tensor per level. Default: None
             perturbations_per_eval (int, optional): masks per forward pass (batch size). The
@@ -162,408 +156,378 @@ class SPES(PerturbationAttribution):
                 an int is split over the levels in consecutive blocks (exactly this many are
                 used), a list gives one count per level; ``"auto"`` (or an
                 :class:`AdaptiveMasks`) samples rounds of masks into two halves and stops
-                when the halves agree, up to a cap of 20 000 masks: by default when the
-                two halves' utterance maps share enough of their top 5 % elements
-                (``criterion="utterance_top_overlap"``; thresholds in
-                ``captum_spes._utils.adaptive.DEFAULT_THRESHOLDS``); ``"top_overlap"``
-                asks the same of every token's map and ``"reliability"`` of the whole map.
-                All statistics are recorded in ``metadata["adaptive"]``. Default: 20000
+                when the halves agree (see :class:`AdaptiveMasks`); every statistic is
+                recorded in ``metadata["adaptive"]``. Default: 20000
             p (float, optional): probability that a spectrogram segment is occluded in a
                 mask, in (0, 1). Default: 0.5
             token_p (float or None, optional): probability that a decoder input is zeroed,
-                in (0, 1); None skips the token map (``token_attr`` is None). 0 is refused: it
-                would give an all-zero map. Default: 0.5
-            token_masks (str, optional): ``"decoupled"`` draws token masks on extra passes
-                that reuse the clean encoder output (decoder only) and keeps the spectrogram
-                passes' tokens clean, so the spectrogram map equals the published
-                configuration's (token p = 0); ``"joint"`` zeroes tokens in the spectrogram
-                passes, as the reference does when its token p > 0, and credits one score to
-                both. Default: "decoupled"
-            n_token_masks (int, optional): token masks in decoupled mode. Default: n_masks
+                in (0, 1); None skips the token map (``token_attr`` is None) and refuses the
+                other token options. 0 is refused: it would give an all-zero map.
+                Default: 0.5
+            token_masks (str, optional): ``"decoupled"`` (the default when ``token_p`` is
+                set) draws token masks on extra passes that reuse the clean encoder output
+                (decoder only) and keeps the spectrogram passes' tokens clean, so the
+                spectrogram map equals the published configuration's (token p = 0);
+                ``"joint"`` zeroes tokens in the spectrogram passes, as the reference does
+                when its token p > 0, and credits one score to both.
+            n_token_masks (int, optional): token masks in decoupled mode. Default: the
+                number of spectrogram masks.
             impact (str or callable, optional): ``"kl"`` (default), ``"prob_drop"``, any
                 registered name, or ``f(clean_log_probs, perturbed_log_probs, target_ids)``
                 returning ``(batch, num_tokens)``.
+            estimator (str or Estimator, optional): how impacts become a map:
+                ``"reference"`` (the published conditional mean) or any registered
+                estimator (:data:`~captum_spes.ESTIMATORS`). Default: "reference"
             seed (int, optional): seed of the masks; results are identical for any
                 ``perturbations_per_eval`` and device. Default: 0
             num_frames (int, optional): frames that hold audio (Whisper pads to 3000).
-                Default: detected from the padding (Whisper) or the whole input.
+                Default: from ``num_samples`` when given, else detected from the padding.
+            num_samples (int, optional): length of the audio behind ``inputs`` in samples;
+                gives the exact speech frames (preferred over detection, which cannot tell
+                trailing digital silence from padding).
             perturb_prompt (bool, optional): whether forced prompt tokens can be zeroed
-                (they are columns of the token map either way). Default: True
-            prompt_ids (list[int], optional): forced prompt for a given target.
+                (they are columns of the token map either way). Default: True when a token
+                map is computed.
+            prompt_ids (list[int], optional): forced prompt for a text or id target.
             generate_kwargs (dict, optional): passed to ``generate`` when decoding the
                 hypothesis (e.g. ``language``, ``task``, ``num_beams``).
+            utterance_id (str, optional): the caller's name for the utterance, saved in
+                ``metadata["utterance_id"]``.
 
         Returns:
             *SPESResult* with **attributions** ``spectrogram_attr`` of shape
             ``(num_tokens, n_mels, num_frames)`` and ``token_attr`` of shape
             ``(num_tokens, num_decoder_inputs)``, ``num_tokens = K + 1`` for ``K``
-            hypothesis tokens plus the end token; see :class:`SPESResult`.
+            hypothesis tokens plus the end token, and their standard errors and z
+            statistics; see :class:`SPESResult`.
 
         Examples::
 
             >>> from captum_spes import SPES, SpeechSeq2SeqWrapper
             >>> wrapper = SpeechSeq2SeqWrapper(model, processor)
             >>> features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
-            >>> result = SPES(wrapper).attribute(features, n_masks=2000, show_progress=True)
+            >>> result = SPES(wrapper).attribute(features, n_masks=40, num_samples=len(audio))
             >>> result.spectrogram_attr.shape  # (num_tokens, 80, num_frames)
+            torch.Size([12, 80, 301])
+            >>> result.significance().shape    # True where the map is not Monte-Carlo noise
+            torch.Size([12, 80, 301])
         """
         started = time.perf_counter()
-        wrapper = self.wrapper
-        adapter = wrapper.adapter
-        inputs_tensor = self._validate_inputs(inputs)
         if additional_forward_args is not None:
-            raise ValueError(
+            raise InputError(
                 "additional_forward_args is not supported by SPES: the wrapper's only extra "
                 "argument is the token keep-mask, which SPES draws itself"
             )
-        perturbations_per_eval = self._validate_positive_int(perturbations_per_eval, "perturbations_per_eval")
-        p = _check_probability(p, "p")
-        if token_p is not None:
-            if token_p == 0:
-                raise ValueError(
-                    "token_p=0 would return an all-zero token map; pass token_p=None to skip "
-                    "the token map, or a probability in (0, 1) such as 0.5"
-                )
-            token_p = _check_probability(token_p, "token_p")
-        if token_masks not in TOKEN_MASK_MODES:
-            raise ValueError(f"token_masks must be one of {TOKEN_MASK_MODES}, got {token_masks!r}")
-        if token_masks == "joint" and n_token_masks is not None:
-            raise ValueError("n_token_masks applies to token_masks='decoupled' only; joint masks share n_masks")
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        measure = resolve_impact_measure(impact)
-        family = resolve_mask_family(feature_mask)
-
-        device = wrapper.device
-        inputs_tensor = inputs_tensor.to(device)
-        hypothesis = wrapper.set_hypothesis(
-            inputs_tensor, target, prompt_ids=prompt_ids, generate_kwargs=generate_kwargs
-        )
-        canonical_full = adapter.to_canonical(inputs_tensor)
-        num_frames = self._resolve_num_frames(num_frames, inputs_tensor, canonical_full)
-        speech = canonical_full[:, :num_frames]
-        baseline, baseline_info = resolve_baseline(baselines, canonical_full, num_frames, adapter)
-
-        levels = family.segment(speech.detach().float().cpu())
-        adaptive = self._resolve_adaptive(n_masks)
-        masks_per_level = None if adaptive else self._masks_per_level(n_masks, len(levels))
-        segments = [lv.num_segments for lv in levels]
-        num_inputs = len(hypothesis.decoder_input_ids)
-        if token_p is not None and token_masks == "decoupled" and n_token_masks is not None:
-            self._validate_positive_int(n_token_masks, "n_token_masks")
-        maskable = torch.ones(num_inputs, dtype=torch.bool)
-        if not perturb_prompt:
-            maskable[: hypothesis.num_prompt] = False
-        joint_token_p = token_p if token_masks == "joint" else None
-
-        target_ids = torch.tensor(hypothesis.target_ids, device=device)
-        # In adaptive mode the number of passes is only known at the end: plan for the cap.
-        planned = adaptive.max_masks if adaptive else sum(masks_per_level)
-        planned_token = 0
-        if token_p is not None and token_masks == "decoupled":
-            planned_token = planned if n_token_masks is None else n_token_masks
-        bar = tqdm(
-            total=1 + planned + planned_token,
-            desc=f"{self.get_name()} attribution",
-            unit="pass",
-            disable=not show_progress,
-        )
-        labels = [lv.labels.to(device) for lv in levels]
-        adaptive_info: dict[str, Any] | None = None
-        with torch.inference_mode():
-            clean = wrapper(inputs_tensor)[0]
-            bar.update(1)
-            spec_acc = SegmentAccumulator(hypothesis.num_explained, segments, device)
-            tok_acc = SegmentAccumulator(hypothesis.num_explained, [num_inputs], device)
-            utterance = _Utterance(labels, speech, canonical_full, baseline, clean, target_ids, measure)
-            loop = dict(utterance=utterance, tok_acc=tok_acc, bar=bar, per_eval=perturbations_per_eval)
-            if adaptive is None:
-                sampler = MaskSampler(segments, masks_per_level, p, joint_token_p, num_inputs, seed, maskable)
-                self._run_spectrogram_masks(sampler, spec_acc, **loop)
-            else:
-                masks_per_level, adaptive_info = self._run_adaptive(
-                    adaptive, segments, p, joint_token_p, num_inputs, seed, maskable, spec_acc, loop
-                )
-            total_masks = sum(masks_per_level)
-            token_passes = 0
-            if token_p is not None and token_masks == "decoupled":
-                token_passes = total_masks if n_token_masks is None else n_token_masks
-                encoder_outputs = wrapper.encode(inputs_tensor)
-                token_sampler = MaskSampler([], [token_passes], None, token_p, num_inputs, seed, maskable)
-                for batch in token_sampler.batches(perturbations_per_eval):
-                    keep = (~batch.token_occluded).to(device)
-                    perturbed = wrapper.forward_from_encoder(encoder_outputs, keep)
-                    scores = self._checked_scores(measure(clean, perturbed, target_ids), batch.size)
-                    tok_acc.add(0, scores, batch.token_occluded.to(device))
-                    bar.update(batch.size)
-        bar.total = bar.n
-        bar.refresh()
-        bar.close()
-
-        spectrogram_attr, counts = spec_acc.finalize(labels)
-        token_attr = None
-        if token_p is not None:
-            token_map, _ = tok_acc.finalize([torch.arange(num_inputs, device=device)])
-            token_attr = torch.where(hypothesis.causal_mask().to(device), token_map, torch.zeros_like(token_map))
-        metadata = self._metadata(
-            family=family,
-            levels=levels,
-            masks_per_level=masks_per_level,
-            token_passes=token_passes,
+        if utterance_id is not None and not isinstance(utterance_id, str):
+            raise InputTypeError(f"utterance_id must be a str, got {type(utterance_id).__name__}")
+        config = SPESConfig.from_arguments(
+            n_masks=n_masks,
             p=p,
             token_p=token_p,
             token_masks=token_masks,
+            n_token_masks=n_token_masks,
             impact=impact,
             seed=seed,
-            num_frames=num_frames,
-            input_frames=int(canonical_full.shape[1]),
-            baseline_info=baseline_info,
+            feature_mask=feature_mask,
+            estimator=estimator,
             perturbations_per_eval=perturbations_per_eval,
-            hypothesis=hypothesis,
             perturb_prompt=perturb_prompt,
-            never_occluded=int((counts == 0).sum()),
-            seconds=time.perf_counter() - started,
-            dtype=str(inputs_tensor.dtype),
+            default_family=self.wrapper.adapter.default_mask_family(),
         )
-        metadata["adaptive"] = adaptive_info
-        return SPESResult(
-            spectrogram_attr=spectrogram_attr.cpu(),
-            token_attr=None if token_attr is None else token_attr.cpu(),
-            target_ids=hypothesis.target_ids,
-            tokens=list(hypothesis.tokens),
-            decoder_input_ids=hypothesis.decoder_input_ids,
-            decoder_input_tokens=list(hypothesis.decoder_input_tokens),
-            num_prompt=hypothesis.num_prompt,
-            target_log_probs=clean.gather(-1, target_ids[:, None])[:, 0].float().cpu(),
-            text=hypothesis.text,
-            metadata=metadata,
-        )
+        utterance = self._prepare_utterance(inputs, baselines, num_frames, num_samples)
+        hypothesis = self._freeze_hypothesis(utterance, target, prompt_ids, generate_kwargs)
+        levels = utterance.segment(config.family)
+        with torch.inference_mode():
+            run = self._start_run(utterance, hypothesis, levels, config, show_progress)
+            spectrogram, masks_per_level, adaptive_info = self._attribute_spectrogram(run, levels, config)
+            tokens, token_passes = self._attribute_tokens(run, config, sum(masks_per_level))
+        run.bar.total = run.bar.n
+        run.bar.refresh()
+        run.bar.close()
+        metadata = {
+            **config.metadata(levels=levels, masks_per_level=masks_per_level, token_passes=token_passes),
+            "estimator": {**config.estimator.config(), **spectrogram.info},
+            **self._run_metadata(utterance, hypothesis, spectrogram),
+            "adaptive": adaptive_info,
+            "perturbations_per_eval_used": run.sizer.size,
+            "out_of_memory_retries": run.sizer.failures,
+            "utterance_id": utterance_id,
+            "seconds": time.perf_counter() - started,
+        }
+        return SPESResult.from_estimates(hypothesis, run.clean, spectrogram, tokens, metadata)
 
     def attribute_future(self) -> None:  # type: ignore[override]
         raise NotImplementedError("attribute_future is not implemented for SPES")
 
-    # ----- mask loops ---------------------------------------------------------------
-    def _run_spectrogram_masks(
+    # ----- steps --------------------------------------------------------------------
+    def _prepare_utterance(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        baselines: BaselineSpec,
+        num_frames: int | None,
+        num_samples: int | None,
+    ) -> Utterance:
+        if isinstance(inputs, tuple):
+            if len(inputs) != 1:
+                raise InputError(f"SPES takes one input tensor (the acoustic features), got a tuple of {len(inputs)}")
+            inputs = inputs[0]
+        adapter = self.wrapper.adapter
+        adapter.check_eval_mode()
+        if isinstance(inputs, Tensor):
+            inputs = inputs.to(self.wrapper.device)
+        return Utterance.prepare(inputs, adapter, num_frames=num_frames, num_samples=num_samples, baselines=baselines)
+
+    def _freeze_hypothesis(
+        self,
+        utterance: Utterance,
+        target: TargetType,
+        prompt_ids: Sequence[int] | None,
+        generate_kwargs: dict[str, Any] | None,
+    ) -> Hypothesis:
+        if (
+            isinstance(target, bool)
+            or isinstance(target, (int, tuple))
+            or (isinstance(target, Tensor) and target.dim() == 0)
+        ):
+            raise InputError(
+                f"target={target!r} looks like a Captum output index, which SPES does not take: SPES "
+                "explains every position of the hypothesis in one run. To explain a hypothesis given "
+                "as token ids, pass them as a list (target=[2, 1]); to read the explanation of "
+                "position k, take result.spectrogram_attr[k] (and result.token_attr[k])"
+            )
+        if isinstance(target, Hypothesis):
+            given = [n for n, v in (("prompt_ids", prompt_ids), ("generate_kwargs", generate_kwargs)) if v]
+            if given:
+                raise InputError(
+                    f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} ignored when target is a "
+                    "Hypothesis (it already fixes the prompt and the tokens); remove them, or pass the "
+                    "target as text or ids"
+                )
+        return self.wrapper.set_hypothesis(
+            utterance.inputs, target, prompt_ids=prompt_ids, generate_kwargs=generate_kwargs
+        )
+
+    def _start_run(
+        self,
+        utterance: Utterance,
+        hypothesis: Hypothesis,
+        levels: list[MaskLevel],
+        config: SPESConfig,
+        show_progress: bool,
+    ) -> _Run:
+        """The clean pass and the shared state of every perturbed pass."""
+        spectrogram_masks = config.adaptive.max_masks if config.adaptive else sum(config.masks_per_level(len(levels)))
+        token_masks = config.n_token_masks or spectrogram_masks if config.token_masks == "decoupled" else 0
+        planned = 1 + spectrogram_masks + token_masks
+        bar = tqdm(total=planned, desc=f"{self.get_name()} attribution", unit="pass", disable=not show_progress)
+        device = utterance.device
+        clean = self.wrapper(utterance.inputs)[0]
+        bar.update(1)
+        maskable = torch.ones(len(hypothesis.decoder_input_ids), dtype=torch.bool)
+        if not config.perturb_prompt:
+            maskable[: hypothesis.num_prompt] = False
+        return _Run(
+            utterance=utterance,
+            hypothesis=hypothesis,
+            clean=clean,
+            target_ids=torch.tensor(hypothesis.target_ids, device=device),
+            measure=config.impact,
+            labels=[lv.labels.to(device) for lv in levels],
+            token_maskable=maskable,
+            per_eval=config.perturbations_per_eval,
+            sizer=BatchSizer(config.perturbations_per_eval),
+            bar=bar,
+        )
+
+    def _attribute_spectrogram(
+        self, run: _Run, levels: list[MaskLevel], config: SPESConfig
+    ) -> tuple[Estimate, list[int], dict[str, Any] | None]:
+        """The spectrogram map: fixed masks, or adaptive rounds into two halves."""
+        segments = [lv.num_segments for lv in levels]
+        estimator = config.estimator.bind(run.hypothesis.num_explained, segments, run.utterance.device)
+        num_inputs = len(run.hypothesis.decoder_input_ids)
+        tokens = run.token_maskable
+
+        def sampler(masks_per_level: Sequence[int], round_index: int | None = None) -> MaskSampler:
+            return MaskSampler(
+                segments, masks_per_level, config.p, config.joint_token_p, num_inputs, config.seed, tokens, round_index
+            )
+
+        token_estimator = self._token_estimator(run, config) if config.token_masks == "joint" else None
+        run.joint_tokens = token_estimator
+        adaptive_info = None
+        budget = config.adaptive.max_masks if config.adaptive else sum(config.masks_per_level(len(levels)))
+        design = estimator.plan(run.utterance, levels, budget, config.p)
+        if design is not None:
+            masks_per_level = self._run_design(design, estimator, run, config, levels)
+        elif config.adaptive is None:
+            masks_per_level = config.masks_per_level(len(levels))
+            self._run_masks(
+                sampler(masks_per_level), estimator, self._spectrogram_pass(run, run.labels), run, token_estimator
+            )
+        else:
+            masks_per_level, adaptive_info = run_adaptive(
+                config.adaptive,
+                estimator,
+                run.labels,
+                lambda per_level, index, half: self._run_masks(
+                    sampler(per_level, index), half, self._spectrogram_pass(run, run.labels), run, token_estimator
+                ),
+            )
+        return estimator.finalize(run.labels), masks_per_level, adaptive_info
+
+    def _run_design(
+        self, design: Iterator[MaskStage], estimator: Estimator, run: _Run, config: SPESConfig, levels: list[MaskLevel]
+    ) -> list[int]:
+        """Run an estimator's own design stage by stage; the stages replace ``levels`` (in
+        place, for the metadata) and ``run.labels`` (for the map)."""
+        name = config.estimator.name
+        if config.adaptive is not None:
+            raise InputError(
+                f'estimator="{name}" chooses its own masks and takes a fixed budget: pass n_masks=<int>, not "auto" '
+                '(or use estimator="reference" with n_masks="auto")'
+            )
+        if config.token_masks == "joint":
+            raise InputError(
+                f'estimator="{name}" draws spectrogram masks in stages; token_masks="joint" is not supported with it: '
+                'use token_masks="decoupled" (the default) or estimator="reference"'
+            )
+        num_inputs = len(run.hypothesis.decoder_input_ids)
+        stage_levels: list[MaskLevel] = []
+        run.labels = []
+        masks = []
+        for stage in design:
+            if stage.level != len(run.labels):
+                raise RuntimeError(f"{type(estimator).__name__}.plan yielded level {stage.level} out of order")
+            run.labels.append(stage.labels.to(run.utterance.device))
+            stage_levels.append(MaskLevel(stage.labels, stage.num_segments, None))
+            sampler = MaskSampler(
+                [stage.num_segments],
+                [stage.n_masks],
+                config.p,
+                None,
+                num_inputs,
+                config.seed,
+                run.token_maskable,
+                probabilities=[stage.probabilities],
+                stage=stage.level,
+            )
+            self._run_masks(sampler, estimator, self._spectrogram_pass(run, run.labels[-1:]), run, level=stage.level)
+            masks.append(stage.n_masks)
+        levels[:] = stage_levels
+        return masks
+
+    def _attribute_tokens(self, run: _Run, config: SPESConfig, spectrogram_masks: int) -> tuple[Estimate | None, int]:
+        """The token map: decoder-only passes on the cached encoder output, or the joint
+        masks' scores gathered during the spectrogram passes."""
+        if config.token_p is None:
+            return None, 0
+        columns = [torch.arange(len(run.hypothesis.decoder_input_ids), device=run.utterance.device)]
+        if config.token_masks == "joint":
+            assert run.joint_tokens is not None
+            return run.joint_tokens.finalize(columns), 0
+        passes = config.n_token_masks or spectrogram_masks
+        estimator = self._token_estimator(run, config)
+        sampler = MaskSampler([], [passes], None, config.token_p, len(columns[0]), config.seed, run.token_maskable)
+        encoder_outputs = self.wrapper.encode(run.utterance.inputs)
+
+        def token_pass(batch: MaskBatch) -> Tensor:
+            keep = (~batch.token_occluded).to(run.utterance.device)
+            return run.measure(run.clean, self.wrapper.forward_from_encoder(encoder_outputs, keep), run.target_ids)
+
+        for batch in sampler.batches(run.per_eval):
+            scores = _checked_scores(run.sizer.score(batch, token_pass), batch.size)
+            estimator.add(0, scores, batch.token_occluded.to(run.utterance.device))
+            run.bar.update(batch.size)
+        return estimator.finalize(columns), passes
+
+    def _token_estimator(self, run: _Run, config: SPESConfig) -> Estimator:
+        width = len(run.hypothesis.decoder_input_ids)
+        return config.estimator.for_tokens().bind(run.hypothesis.num_explained, [width], run.utterance.device)
+
+    def _run_masks(
         self,
         sampler: MaskSampler,
-        spec_acc: SegmentAccumulator,
-        *,
-        utterance: _Utterance,
-        tok_acc: SegmentAccumulator,
-        bar: Any,
-        per_eval: int,
+        estimator: Estimator,
+        score: PassFn,
+        run: _Run,
+        token_estimator: Estimator | None = None,
+        level: int = 0,
     ) -> None:
-        device = utterance.speech.device
-        for batch in sampler.batches(per_eval):
-            scores = self._spectrogram_pass(batch, utterance)
-            for level, rows, occluded in batch.level_rows:
-                spec_acc.add(level, scores[rows.to(device)], occluded.to(device))
-            if batch.token_occluded is not None:
-                tok_acc.add(0, scores, batch.token_occluded.to(device))
-            bar.update(batch.size)
-
-    def _run_adaptive(
-        self,
-        adaptive: AdaptiveMasks,
-        segments: list[int],
-        p: float,
-        joint_token_p: float | None,
-        num_inputs: int,
-        seed: int,
-        maskable: Tensor,
-        spec_acc: SegmentAccumulator,
-        loop: dict[str, Any],
-    ) -> tuple[list[int], dict[str, Any]]:
-        """Rounds alternate between two half accumulators. After every round from the second
-        on, the three split-half statistics are computed (the reliability at segment
-        resolution, the overlaps on the element maps that ``finalize`` gives with the
-        utterance's labels, i.e. the final map's layout over the speech frames) and recorded;
-        sampling stops when the selected criterion reaches its threshold or the cap is hit."""
-        utterance = loop["utterance"]
-        device = utterance.speech.device
-        halves = [SegmentAccumulator(spec_acc.numerators[0].shape[0], segments, device) for _ in range(2)]
-        threshold = adaptive.resolved_threshold
-        used = [0] * len(segments)
-        history: list[dict[str, float]] = []
-        statistics = {name: float("nan") for name in ("utterance_top_overlap", "top_overlap", "reliability")}
-        round_index = 0
-        while sum(used) < adaptive.max_masks:
-            size = min(adaptive.round_size, adaptive.max_masks - sum(used))
-            if size < len(segments):
-                break
-            per_level = split_masks_across_levels(size, len(segments))
-            sampler = MaskSampler(
-                segments, per_level, p, joint_token_p, num_inputs, seed, maskable, round_index=round_index
-            )
-            self._run_spectrogram_masks(sampler, halves[round_index % 2], **loop)
-            used = [u + n for u, n in zip(used, per_level)]
-            round_index += 1
-            if round_index >= 2:
-                statistics["reliability"] = split_half_reliability(halves[0].segment_means(), halves[1].segment_means())
-                # The maps cover the speech frames only, so every element counts (valid=None).
-                first_map, _ = halves[0].finalize(utterance.labels)
-                second_map, _ = halves[1].finalize(utterance.labels)
-                statistics["top_overlap"] = split_half_top_overlap(first_map, second_map, adaptive.top_percent)
-                statistics["utterance_top_overlap"] = split_half_utterance_overlap(
-                    first_map, second_map, adaptive.top_percent
-                )
-                del first_map, second_map
-                history.append({"masks": sum(used), **statistics})
-                if sum(used) >= adaptive.min_masks and statistics[adaptive.criterion] >= threshold:
-                    break
-        for half in halves:
-            spec_acc.merge(half)
-        statistic = statistics[adaptive.criterion]
-        info = {
-            **adaptive.config(),
-            "statistic": statistic,
-            **statistics,
-            "converged": bool(statistic >= threshold),
-            "masks_used": sum(used),
-            "rounds": round_index,
-            "history": history,
-        }
-        return used, info
-
-    @staticmethod
-    def _resolve_adaptive(n_masks: Any) -> AdaptiveMasks | None:
-        if isinstance(n_masks, AdaptiveMasks):
-            return n_masks
-        if isinstance(n_masks, str):
-            if n_masks != "auto":
-                raise ValueError(f'n_masks must be an int, a list of ints, "auto" or AdaptiveMasks, got {n_masks!r}')
-            return AdaptiveMasks()
-        return None
+        """The loop every spectrogram pass goes through: score a batch, feed the estimators
+        (the sampler's level ``i`` is the estimator's level ``level + i``)."""
+        device = run.utterance.device
+        for batch in sampler.batches(run.per_eval):
+            scores = _checked_scores(run.sizer.score(batch, score), batch.size)
+            for index, rows, occluded in batch.level_rows:
+                estimator.add(level + index, scores[rows.to(device)], occluded.to(device))
+            if token_estimator is not None and batch.token_occluded is not None:
+                token_estimator.add(0, scores, batch.token_occluded.to(device))
+            run.bar.update(batch.size)
 
     # ----- overridable hooks --------------------------------------------------------
     def _perturb(self, speech: Tensor, occluded: Tensor, baseline: Tensor) -> Tensor:
         """Occluded elements take the baseline: ``(batch, n_mels, n_frames)``."""
         return torch.where(occluded, baseline.to(speech.dtype), speech)
 
-    def _spectrogram_pass(self, batch: MaskBatch, utterance: _Utterance) -> Tensor:
-        """One forward over a batch of spectrogram masks; impacts ``(batch, num_tokens)``."""
-        speech = utterance.speech
-        occluded = torch.empty(batch.size, *speech.shape, dtype=torch.bool, device=speech.device)
-        for level, rows, flags in batch.level_rows:
-            occluded[rows.to(speech.device)] = flags.to(speech.device)[:, utterance.labels[level]]
-        full = utterance.canonical_full
-        model_inputs = full.expand(batch.size, *full.shape).clone()
-        model_inputs[:, :, : speech.shape[1]] = self._perturb(speech, occluded, utterance.baseline)
-        keep = None if batch.token_occluded is None else (~batch.token_occluded).to(speech.device)
-        perturbed = self.wrapper(self.wrapper.adapter.from_canonical(model_inputs), keep)
-        scores = utterance.measure(utterance.clean, perturbed, utterance.target_ids)
-        return self._checked_scores(scores, batch.size)
+    def _spectrogram_pass(self, run: _Run, labels: list[Tensor]) -> PassFn:
+        """One forward over a batch of spectrogram masks whose level ``i`` segments the
+        speech by ``labels[i]``; impacts ``(batch, num_tokens)``."""
+        utterance = run.utterance
 
-    @staticmethod
-    def _checked_scores(scores: Tensor, batch: int) -> Tensor:
-        if scores.dim() != 2 or scores.shape[0] != batch:
-            raise ValueError(f"the impact measure must return (batch, num_tokens) scores, got {tuple(scores.shape)}")
-        if not torch.isfinite(scores).all():
-            raise FloatingPointError(
-                "the impact measure returned NaN or inf; compute it from log-probabilities in float32"
-            )
-        return scores
+        def score(batch: MaskBatch) -> Tensor:
+            speech = utterance.speech
+            occluded = torch.empty(batch.size, *speech.shape, dtype=torch.bool, device=speech.device)
+            for level, rows, flags in batch.level_rows:
+                occluded[rows.to(speech.device)] = flags.to(speech.device)[:, labels[level]]
+            canonical = utterance.canonical.expand(batch.size, *utterance.canonical.shape).clone()
+            canonical[:, :, : utterance.num_frames] = self._perturb(speech, occluded, utterance.baseline)
+            keep = None if batch.token_occluded is None else (~batch.token_occluded).to(speech.device)
+            perturbed = self.wrapper(utterance.layout.from_canonical(canonical), keep)
+            return run.measure(run.clean, perturbed, run.target_ids)
 
-    # ----- validation ---------------------------------------------------------------
-    def _validate_inputs(self, inputs: Tensor | tuple[Tensor]) -> Tensor:
-        if isinstance(inputs, tuple):
-            if len(inputs) != 1:
-                raise ValueError(f"SPES takes one input tensor (the acoustic features), got a tuple of {len(inputs)}")
-            inputs = inputs[0]
-        if not isinstance(inputs, Tensor):
-            raise TypeError(f"inputs must be a Tensor of features, got {type(inputs).__name__}")
-        if not inputs.is_floating_point():
-            raise TypeError(
-                f"inputs must be floating-point features, got dtype {inputs.dtype}; use the "
-                "model's feature extractor (e.g. processor(audio, return_tensors='pt').input_features)"
-            )
-        self.wrapper.adapter.check_input(inputs)
-        if inputs.shape[0] != 1:
-            raise ValueError(
-                f"SPES explains one utterance per call, but inputs has batch size {inputs.shape[0]}; "
-                "loop over utterances (masks are batched internally via perturbations_per_eval)"
-            )
-        if not torch.isfinite(inputs).all():
-            raise ValueError("inputs holds NaN or inf values; check the feature extraction")
-        return inputs
+        return score
 
-    @staticmethod
-    def _validate_positive_int(value: Any, name: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-        return value
-
-    def _resolve_num_frames(self, num_frames: int | None, inputs: Tensor, canonical: Tensor) -> int:
-        total = int(canonical.shape[1])
-        if num_frames is None:
-            return self.wrapper.adapter.speech_frames(inputs)
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= total:
-            raise ValueError(f"num_frames must be an int in [1, {total}] (frames holding audio), got {num_frames!r}")
-        return num_frames
-
-    @staticmethod
-    def _masks_per_level(n_masks: int | Sequence[int], num_levels: int) -> list[int]:
-        if isinstance(n_masks, bool):
-            raise ValueError(f"n_masks must be an int or a list of ints, got {n_masks!r}")
-        if isinstance(n_masks, int):
-            return split_masks_across_levels(n_masks, num_levels)
-        counts = list(n_masks)
-        if len(counts) != num_levels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
-            raise ValueError(
-                f"n_masks as a list needs one positive int per mask level ({num_levels} levels), got {counts}"
-            )
-        return counts
-
-    def _metadata(
-        self,
-        *,
-        family: MaskFamily,
-        levels: list[MaskLevel],
-        masks_per_level: list[int],
-        token_passes: int,
-        p: float,
-        token_p: float | None,
-        token_masks: str,
-        impact: str | ImpactMeasure,
-        seed: int,
-        num_frames: int,
-        input_frames: int,
-        baseline_info: dict[str, Any],
-        perturbations_per_eval: int,
-        hypothesis: Hypothesis,
-        perturb_prompt: bool,
-        never_occluded: int,
-        seconds: float,
-        dtype: str,
-    ) -> dict[str, Any]:
-        adapter = self.wrapper.adapter
-        impact_name = impact if isinstance(impact, str) else getattr(impact, "__name__", "callable")
+    def _run_metadata(self, utterance: Utterance, hypothesis: Hypothesis, spectrogram: Estimate) -> dict[str, Any]:
+        wrapper = self.wrapper
         return {
-            "method": "SPES",
-            "n_masks": sum(masks_per_level),
-            "masks_per_level": masks_per_level,
-            "segments_requested": [lv.requested_segments for lv in levels],
-            "segments_obtained": [lv.num_segments for lv in levels],
-            "mask_family": family.config(),
-            "p": p,
-            "token_p": token_p,
-            "token_masks": token_masks if token_p is not None else None,
-            "n_token_masks": token_passes if token_masks == "decoupled" else (sum(masks_per_level) if token_p else 0),
-            "perturb_prompt": perturb_prompt,
-            "impact": impact_name,
-            "baseline": baseline_info,
-            "seed": seed,
-            "perturbations_per_eval": perturbations_per_eval,
-            "forward_passes": 1 + sum(masks_per_level) + token_passes,
-            "never_occluded_elements": never_occluded,
-            "seconds": seconds,
-            "num_frames": num_frames,
-            "input_frames": input_frames,
-            "frame_rate": adapter.frame_rate,
-            "model_id": self.wrapper.model_id,
-            "model_class": type(self.wrapper.model).__name__,
-            "dtype": dtype,
-            "device": str(self.wrapper.device),
+            "baseline": utterance.baseline_info,
+            "never_occluded_elements": int((spectrogram.occluded[spectrogram.units] == 0).sum()),
+            "independent_units": spectrogram.num_units,
+            "num_frames": utterance.num_frames,
+            "input_frames": utterance.input_frames,
+            "frame_rate": wrapper.adapter.frame_rate,
+            "row_frequencies_hz": _as_list(wrapper.adapter.row_frequencies_hz()),
+            "model_id": wrapper.model_id,
+            "model_class": type(wrapper.model).__name__,
+            "dtype": str(utterance.inputs.dtype),
+            "device": str(wrapper.device),
             "hypothesis_source": hypothesis.source,
-            "versions": _versions(),
         }
+
+
+def _as_list(values: Tensor | None) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
+
+
+def _checked_scores(scores: Tensor, batch: int) -> Tensor:
+    if scores.dim() != 2 or scores.shape[0] != batch:
+        raise InputError(f"the impact measure must return (batch, num_tokens) scores, got {tuple(scores.shape)}")
+    if not torch.isfinite(scores).all():
+        raise FloatingPointError("the impact measure returned NaN or inf; compute it from log-probabilities in float32")
+    return scores
+
+
+def _refuse_noise_tunnel(self: SPES, *args: Any, **kwargs: Any) -> None:
+    raise InputError(
+        "SPES does not work inside Captum's NoiseTunnel: NoiseTunnel averages one input-shaped map over a "
+        "batch of noisy copies, while SPES explains one utterance per call with one map per token. "
+        "Average SPES(...).attribute(...) over noisy copies of the features yourself"
+    )
+
+
+# Captum's NoiseTunnel calls ``attribute.__wrapped__`` (the function under ``@log_usage``);
+# normal calls go through log_usage's own reference to the real method and are unaffected.
+SPES.attribute.__wrapped__ = functools.wraps(  # type: ignore[attr-defined]
+    SPES.attribute.__wrapped__, assigned=("__module__", "__name__", "__qualname__", "__annotations__")
+)(_refuse_noise_tunnel)

@@ -16,11 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captum_spes.errors import InputError
+
 __all__ = ["split_masks_across_levels", "MaskBatch", "MaskSampler"]
 
 _SPECTROGRAM_STREAM = 0
 _TOKEN_STREAM = 1
 _ROUND_STREAM = 2
+_STAGE_STREAM = 3
 
 
 def split_masks_across_levels(n_masks: int, num_levels: int) -> list[int]:
@@ -30,9 +33,9 @@ def split_masks_across_levels(n_masks: int, num_levels: int) -> list[int]:
     (20000 masks over 3 levels became 19 998), exactly ``n_masks`` masks are used.
     """
     if num_levels < 1:
-        raise ValueError("there must be at least one mask level")
+        raise InputError("there must be at least one mask level")
     if n_masks < num_levels:
-        raise ValueError(
+        raise InputError(
             f"n_masks={n_masks} is smaller than the number of mask levels ({num_levels}); "
             "every level needs at least one mask: raise n_masks or use fewer levels"
         )
@@ -58,6 +61,20 @@ class MaskBatch:
     level_rows: list[tuple]
     token_occluded: Tensor | None
 
+    def split(self, size: int) -> list[MaskBatch]:
+        """Consecutive pieces of at most ``size`` masks (the same masks, in the same order)."""
+        pieces = []
+        for first in range(0, self.size, size):
+            last = min(first + size, self.size)
+            level_rows = []
+            for level, rows, occluded in self.level_rows:
+                inside = (rows >= first) & (rows < last)
+                if inside.any():
+                    level_rows.append((level, rows[inside] - first, occluded[inside]))
+            tokens = None if self.token_occluded is None else self.token_occluded[first:last]
+            pieces.append(MaskBatch(self.start + first, last - first, level_rows, tokens))
+        return pieces
+
 
 class MaskSampler:
     """Draws the occlusion flags of all masks of one utterance, in a fixed order.
@@ -74,6 +91,11 @@ class MaskSampler:
             occluded (e.g. forced prompt tokens when they are kept fixed).
         round_index (int, optional): round of adaptive sampling; each round has its own
             streams. Default: None (one fixed-size run)
+        probabilities (sequence of Tensor or None, optional): per level, an occlusion
+            probability per segment ``(num_segments,)`` replacing ``p`` (0 = never occluded),
+            or None for ``p`` everywhere. Default: None
+        stage (int, optional): stage of a multi-stage design (e.g. coarse-to-fine); each
+            stage has its own streams, like adaptive rounds. Default: None
     """
 
     def __init__(
@@ -86,6 +108,8 @@ class MaskSampler:
         seed: int,
         token_maskable: Tensor | None = None,
         round_index: int | None = None,
+        probabilities: Sequence[Tensor | None] | None = None,
+        stage: int | None = None,
     ) -> None:
         self.segments_per_level = list(segments_per_level)
         self.masks_per_level = list(masks_per_level)
@@ -97,6 +121,14 @@ class MaskSampler:
         # Adaptive sampling draws its rounds from streams of their own, so round r's masks do
         # not depend on how many rounds came before.
         prefix = () if round_index is None else (_ROUND_STREAM, round_index)
+        if stage is not None:
+            prefix = (_STAGE_STREAM, stage, *prefix)
+        self.probabilities = list(probabilities) if probabilities is not None else [None] * len(self.segments_per_level)
+        if len(self.probabilities) != len(self.segments_per_level):
+            raise InputError("probabilities must give one entry (or None) per level")
+        for level, (probs, count) in enumerate(zip(self.probabilities, self.segments_per_level)):
+            if probs is not None and tuple(probs.shape) != (count,):
+                raise InputError(f"probabilities[{level}] must have shape ({count},), got {tuple(probs.shape)}")
         self._level_rngs = [
             np.random.Generator(
                 np.random.PCG64(np.random.SeedSequence(seed, spawn_key=prefix + (_SPECTROGRAM_STREAM, level)))
@@ -120,7 +152,9 @@ class MaskSampler:
                 if lo >= hi:
                     continue
                 draws = rng.random((hi - lo, self.segments_per_level[level]))
-                occluded = torch.from_numpy(draws < self.p)
+                probs = self.probabilities[level]
+                threshold = self.p if probs is None else probs.detach().cpu().double().numpy()[None, :]
+                occluded = torch.from_numpy(draws < threshold)
                 rows = torch.arange(lo - start, hi - start)
                 level_rows.append((level, rows, occluded))
             token_occluded = None

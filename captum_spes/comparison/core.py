@@ -12,10 +12,12 @@ from torch import Tensor
 
 from captum_spes._core.forward_wrapper import SpeechSeq2SeqWrapper, TargetType
 from captum_spes._core.result import SPESResult
-from captum_spes._utils.baselines import BaselineSpec, resolve_baseline
-from captum_spes._utils.masks import MaskFamily, resolve_mask_family
+from captum_spes._core.utterance import Utterance
+from captum_spes._utils.baselines import BaselineSpec
 from captum_spes.comparison.methods import METHODS, MethodContext, run_method
 from captum_spes.comparison.report import ComparisonReport, MethodResult
+from captum_spes.errors import InputError
+from captum_spes.masks import MaskFamily, resolve_mask_family
 from captum_spes.metrics.deletion import DecodeFn, deletion_curve, make_generate_decoder, ranking_map
 from captum_spes.metrics.plausibility import AlignmentLike, word_plausibility
 from captum_spes.metrics.size import size_curve
@@ -50,7 +52,7 @@ def _check_names(values: Sequence[str], allowed: Sequence[str], what: str) -> li
     names = list(values)
     unknown = [n for n in names if n not in allowed]
     if unknown or not names or len(set(names)) != len(names):
-        raise ValueError(f"{what} must be distinct names from {list(allowed)}, got {names}")
+        raise InputError(f"{what} must be distinct names from {list(allowed)}, got {names}")
     return names
 
 
@@ -81,27 +83,18 @@ def prepare_context(
     Returns:
         *MethodContext* for :func:`~captum_spes.comparison.methods.run_method`.
     """
-    adapter = wrapper.adapter
-    adapter.check_input(features)
-    features = features.to(wrapper.device)
-    hypothesis = wrapper.set_hypothesis(features, target, prompt_ids=prompt_ids, generate_kwargs=generate_kwargs)
-    canonical_full = adapter.to_canonical(features)
-    total = int(canonical_full.shape[1])
-    if num_frames is None:
-        num_frames = adapter.speech_frames(features)
-    elif isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= total:
-        raise ValueError(f"num_frames must be an int in [1, {total}], got {num_frames!r}")
-    baseline, _ = resolve_baseline(baselines, canonical_full, num_frames, adapter)
-    baseline = baseline.to(canonical_full).expand(canonical_full.shape[0], num_frames)
-    family = resolve_mask_family(feature_mask)
+    utterance = Utterance.prepare(
+        features.to(wrapper.device), wrapper.adapter, num_frames=num_frames, baselines=baselines
+    )
+    hypothesis = wrapper.set_hypothesis(
+        utterance.inputs, target, prompt_ids=prompt_ids, generate_kwargs=generate_kwargs
+    )
+    family = resolve_mask_family(feature_mask) if feature_mask is not None else wrapper.adapter.default_mask_family()
     # The same segmentation SPES computes (SLIC is deterministic), for FeatureAblation.
-    levels = family.segment(canonical_full[:, :num_frames].detach().float().cpu())
+    levels = utterance.segment(family)
     return MethodContext(
         wrapper=wrapper,
-        features=features,
-        canonical_full=canonical_full,
-        num_frames=num_frames,
-        baseline=baseline,
+        utterance=utterance,
         hypothesis=hypothesis,
         feature_mask=family,
         levels=levels,
@@ -207,19 +200,23 @@ def compare(
 
     Examples::
 
+        >>> from captum_spes import SpeechSeq2SeqWrapper
         >>> from captum_spes.comparison import compare
-        >>> report = compare(SpeechSeq2SeqWrapper(model, processor), features, n_masks=500)
-        >>> report.print()
+        >>> report = compare(SpeechSeq2SeqWrapper(model, processor), features, methods=["spes", "random"],
+        ...                  n_masks=16, metrics=["size"])
+        >>> print(report.to_markdown())
+        Hypothesis: ' He was not an old-sposed young man.' (12 tokens, 3.00 s)
+        ...
         >>> fig, axes = report.plot()
     """
     names = _check_names(methods, list(METHODS), "methods")
     wanted = set(_check_names(metrics, METRICS, "metrics")) if metrics else set()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
-        raise ValueError(f"ig_steps must be a positive int, got {ig_steps!r}")
+        raise InputError(f"ig_steps must be a positive int, got {ig_steps!r}")
     if not isinstance(features, Tensor) or features.dim() < 2 or features.shape[0] != 1:
-        raise ValueError(
+        raise InputError(
             "features must be one utterance in the model layout with batch 1, e.g. (1, 80, 3000); "
             f"got {getattr(features, 'shape', type(features).__name__)}"
         )
@@ -266,7 +263,7 @@ def compare(
 
     if wanted & {"deletion", "insertion"} and decode_fn is None:
         if wrapper.processor is None:
-            raise ValueError(
+            raise InputError(
                 "deletion/insertion re-decode the perturbed inputs: pass decode_fn= or a wrapper with a processor"
             )
         decode_fn = make_generate_decoder(wrapper.model, wrapper.processor, generate_kwargs, batch_size)

@@ -28,7 +28,10 @@ from torch import Tensor
 
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper
 from captum_spes._core.spes import SPES
-from captum_spes._utils.masks import MaskFamily, MaskLevel
+from captum_spes._core.utterance import Utterance
+from captum_spes.adapters import InputLayout
+from captum_spes.errors import InputError
+from captum_spes.masks import MaskFamily, MaskLevel
 
 __all__ = [
     "METHODS",
@@ -114,19 +117,28 @@ class SpeechOnlyForward:
         wrapper (SpeechSeq2SeqWrapper): with the hypothesis set.
         canonical_full (Tensor): the clean input in canonical layout ``(n_mels, total_frames)``.
         num_frames (int): speech frames at the start of the time axis.
+        layout (InputLayout, optional): the utterance's layout (e.g. an STFT view with its
+            phase). Default: the adapter's static layout.
     """
 
-    def __init__(self, wrapper: SpeechSeq2SeqWrapper, canonical_full: Tensor, num_frames: int) -> None:
+    def __init__(
+        self,
+        wrapper: SpeechSeq2SeqWrapper,
+        canonical_full: Tensor,
+        num_frames: int,
+        layout: InputLayout | None = None,
+    ) -> None:
         self.wrapper = wrapper
         self.padding = canonical_full[:, num_frames:].detach()
         self.num_frames = num_frames
+        self.layout = layout if layout is not None else wrapper.adapter.input_layout
 
     def __call__(self, speech: Tensor) -> Tensor:
         if speech.dim() != 3 or speech.shape[-1] != self.num_frames:
-            raise ValueError(f"expected speech frames (batch, n_mels, {self.num_frames}), got {tuple(speech.shape)}")
+            raise InputError(f"expected speech frames (batch, n_mels, {self.num_frames}), got {tuple(speech.shape)}")
         padding = self.padding.to(speech).expand(speech.shape[0], *self.padding.shape)
         full = torch.cat([speech, padding], dim=2)
-        return self.wrapper.token_log_probs(self.wrapper.adapter.from_canonical(full))
+        return self.wrapper.token_log_probs(self.layout.from_canonical(full))
 
 
 @dataclass
@@ -135,10 +147,7 @@ class MethodContext:
 
     Attributes:
         wrapper (SpeechSeq2SeqWrapper): with ``hypothesis`` set.
-        features (Tensor): the clean model input ``(1, ...)``.
-        canonical_full (Tensor): ``(n_mels, total_frames)``.
-        num_frames (int): speech frames.
-        baseline (Tensor): ``(n_mels, num_frames)`` occlusion / path-start value.
+        utterance (Utterance): the clean input, its speech frames and baseline.
         hypothesis (Hypothesis): the frozen hypothesis.
         feature_mask (MaskFamily): the SLIC (or other) family SPES uses.
         levels (list of MaskLevel): its segmentation of this utterance.
@@ -147,10 +156,7 @@ class MethodContext:
     """
 
     wrapper: SpeechSeq2SeqWrapper
-    features: Tensor
-    canonical_full: Tensor
-    num_frames: int
-    baseline: Tensor
+    utterance: Utterance
     hypothesis: Hypothesis
     feature_mask: MaskFamily
     levels: list[MaskLevel]
@@ -159,12 +165,32 @@ class MethodContext:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def features(self) -> Tensor:
+        """The clean model input ``(1, ...)``."""
+        return self.utterance.inputs
+
+    @property
+    def canonical_full(self) -> Tensor:
+        """The clean input in canonical layout ``(n_mels, total_frames)``."""
+        return self.utterance.canonical
+
+    @property
+    def num_frames(self) -> int:
+        return self.utterance.num_frames
+
+    @property
+    def baseline(self) -> Tensor:
+        """``(n_mels, num_frames)`` occlusion / path-start value."""
+        speech = self.utterance.speech
+        return self.utterance.baseline.to(speech).expand(*speech.shape)
+
+    @property
     def speech(self) -> Tensor:
         """Clean speech frames with a batch dimension, ``(1, n_mels, num_frames)``."""
         return self.canonical_full[None, :, : self.num_frames]
 
     def forward(self) -> SpeechOnlyForward:
-        return SpeechOnlyForward(self.wrapper, self.canonical_full, self.num_frames)
+        return SpeechOnlyForward(self.wrapper, self.canonical_full, self.num_frames, self.utterance.layout)
 
 
 def occlusion_windows(num_frames: int, n_mels: int, window: Sequence[int], strides: Sequence[int]) -> int:
@@ -231,7 +257,7 @@ def _occlusion(ctx: MethodContext) -> tuple[Tensor, dict[str, Any]]:
 def _feature_ablation(ctx: MethodContext) -> tuple[Tensor, dict[str, Any]]:
     level = int(ctx.options.get("ablation_level", 0))
     if not 0 <= level < len(ctx.levels):
-        raise ValueError(f"ablation_level must be in [0, {len(ctx.levels)}), got {level}")
+        raise InputError(f"ablation_level must be in [0, {len(ctx.levels)}), got {level}")
     labels = ctx.levels[level].labels.to(ctx.canonical_full.device)
     baseline = ctx.baseline[None]
     maps = FeatureAblation(ctx.forward()).attribute(
@@ -304,7 +330,7 @@ def run_method(name: str, ctx: MethodContext) -> tuple[Tensor, dict[str, Any], P
         method's settings, and its :class:`PassCount`.
     """
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+        raise InputError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
     with count_passes(ctx.wrapper) as counts:
         maps, info = METHODS[name](ctx)
     return _check_per_token(maps, ctx, name), info, counts

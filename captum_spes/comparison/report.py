@@ -13,6 +13,8 @@ from typing import Any, TextIO
 
 from torch import Tensor
 
+from captum_spes.errors import InputError
+
 __all__ = ["COLUMNS", "MethodResult", "ComparisonReport"]
 
 #: table columns, in order; the metric columns are NaN when the metric was not computed.
@@ -193,7 +195,7 @@ class ComparisonReport:
 
         count = len(self.rows)
         if count == 0:
-            raise ValueError("the report has no methods to plot")
+            raise InputError("the report has no methods to plot")
         fig, axes = plt.subplots(1, count, figsize=(2.6 * count + 0.6, 3.0), sharey=True, squeeze=False)
         axes = axes[0]
         seconds = self.num_frames / self.frame_rate

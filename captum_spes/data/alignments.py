@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from captum_spes.errors import InputError
+
 __all__ = ["AlignedInterval", "SILENCE_LABELS", "read_textgrid"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -41,7 +43,7 @@ class AlignedInterval:
 
     def __post_init__(self) -> None:
         if not self.end >= self.start:
-            raise ValueError(
+            raise InputError(
                 f"AlignedInterval end ({self.end}) must be >= start ({self.start}) "
                 f"for label {self.label!r}; swap or fix the times."
             )
@@ -108,19 +110,19 @@ def read_textgrid(
         # Keep empty intervals here; dropping them is our decision below.
         grid = _tg.openTextgrid(str(p), includeEmptyIntervals=True)
     except Exception as exc:  # praatio raises several unrelated types
-        raise ValueError(
+        raise InputError(
             f"could not parse '{p}' as a Praat TextGrid ({type(exc).__name__}: {exc}); "
             "pass a TextGrid in Praat's long or short text format."
         ) from exc
 
     names = list(grid.tierNames)
     if tier not in names:
-        raise ValueError(
+        raise InputError(
             f"tier {tier!r} not found in '{p}'; available tiers: {names}. Pass one of these as the tier argument."
         )
     t = grid.getTier(tier)
     if not hasattr(t, "entries") or t.entryType.__name__ != "Interval":
-        raise ValueError(
+        raise InputError(
             f"tier {tier!r} in '{p}' is a point tier, not an interval tier; "
             f"pass an interval tier (available tiers: {names})."
         )

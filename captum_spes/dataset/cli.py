@@ -167,7 +167,7 @@ def _check_counts(args: argparse.Namespace, names: tuple[str, ...], minimum: int
 
 def run_explain_dataset(args: argparse.Namespace) -> int:
     """``captum-spes explain-dataset``; returns the exit status."""
-    from captum_spes.cli import _load_model
+    from captum_spes.cli import resolve_model
     from captum_spes.dataset.manifest import read_manifest
     from captum_spes.dataset.runner import ExplainSettings, explain_dataset
 
@@ -189,7 +189,7 @@ def run_explain_dataset(args: argparse.Namespace) -> int:
         utterances,
         args.out,
         settings,
-        load_model=_load_model,
+        load_model=resolve_model,
         device=args.device,
         threads=args.threads,
         retry_failed=args.retry_failed,
@@ -218,7 +218,7 @@ def run_explain_dataset(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``captum-spes evaluate``; returns the exit status."""
-    from captum_spes.cli import _load_model
+    from captum_spes.cli import resolve_model
     from captum_spes.dataset.evaluate import EvaluationSettings, evaluate_dataset
     from captum_spes.dataset.report import evaluation_table, format_table
 
@@ -241,7 +241,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out=args.eval_dir,
         device=args.device,
         threads=args.threads,
-        load_model=_load_model,
+        load_model=resolve_model,
         show_progress=not args.no_progress,
     )
     if evaluation is None:

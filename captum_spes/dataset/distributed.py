@@ -33,10 +33,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["TIMEOUT", "DistributedContext", "initialize", "resolve_device", "shard", "configure_threads"]
+from captum_spes.errors import InputError
+
+__all__ = ["TIMEOUT", "RANK_ERRORS", "DistributedContext", "initialize", "resolve_device", "shard", "configure_threads"]
 
 #: Longest a barrier waits for the other ranks.
 TIMEOUT = datetime.timedelta(hours=24)
+#: Errors that rank 0 hands to every rank (:meth:`DistributedContext.run_on_main`): the
+#: library's user error and the environment's (a missing, existing or locked file).
+RANK_ERRORS: tuple[type[BaseException], ...] = (InputError, OSError)
 _POLL_SECONDS = 1.0
 _Item = TypeVar("_Item")
 
@@ -48,7 +53,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} must be an integer (set by torchrun)") from None
+        raise InputError(f"environment variable {name}={value!r} must be an integer (set by torchrun)") from None
 
 
 @dataclass
@@ -162,7 +167,7 @@ def initialize(timeout: datetime.timedelta = TIMEOUT) -> DistributedContext:
         local_world_size=_env_int("LOCAL_WORLD_SIZE", 1),
     )
     if context.world_size < 1 or not 0 <= context.rank < context.world_size:
-        raise ValueError(f"RANK={context.rank} and WORLD_SIZE={context.world_size} do not describe a rank")
+        raise InputError(f"RANK={context.rank} and WORLD_SIZE={context.world_size} do not describe a rank")
     if context.distributed:
         import torch.distributed as dist
 
@@ -175,20 +180,20 @@ def resolve_device(request: str, context: DistributedContext) -> str:
     r"""The torch device of this rank for ``--device`` ``auto``, ``cpu`` or ``cuda``.
 
     Raises:
-        ValueError: if CUDA is requested but missing, or this node runs more ranks than it
+        InputError: if CUDA is requested but missing, or this node runs more ranks than it
             has GPUs.
     """
     import torch
 
     if request not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {request!r}")
+        raise InputError(f"--device must be auto, cpu or cuda, got {request!r}")
     if request == "cpu" or (request == "auto" and not torch.cuda.is_available()):
         return "cpu"
     if not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but CUDA is not available here; use --device cpu or auto")
+        raise InputError("--device cuda was requested but CUDA is not available here; use --device cpu or auto")
     gpus = torch.cuda.device_count()
     if context.local_world_size > gpus:
-        raise ValueError(
+        raise InputError(
             f"{context.local_world_size} ranks on this node but {gpus} GPU(s): start one rank per GPU "
             f"(torchrun --nproc-per-node {gpus}) or pass --device cpu"
         )
@@ -202,7 +207,7 @@ def configure_threads(device: str, context: DistributedContext, threads: int | N
 
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"--threads must be a positive integer, got {threads}")
+            raise InputError(f"--threads must be a positive integer, got {threads}")
         torch.set_num_threads(threads)
     elif device == "cpu" and context.local_world_size > 1:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -37,11 +37,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captum_spes.dataset.distributed import configure_threads, initialize, resolve_device, shard
+from captum_spes.dataset.distributed import RANK_ERRORS, configure_threads, initialize, resolve_device, shard
 from captum_spes.dataset.manifest import Utterance
 from captum_spes.dataset.progress import UtteranceProgress
 from captum_spes.dataset.runner import ModelLoader, generate_kwargs, load_waveform, utterance_features
 from captum_spes.dataset.store import DONE, FAILED, DatasetStore, RecordShards, check_settings_file
+from captum_spes.errors import InputError
 
 __all__ = [
     "METRICS",
@@ -92,12 +93,12 @@ class EvaluationSettings:
         from captum_spes.metrics import percent_levels, size_thresholds
 
         if self.against not in AGAINST:
-            raise ValueError(f"against must be one of {', '.join(AGAINST)}, got {self.against!r}")
+            raise InputError(f"against must be one of {', '.join(AGAINST)}, got {self.against!r}")
         for name in ("num_beams", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.no_repeat_ngram_size < 0 or self.tolerance < 0:
-            raise ValueError("no_repeat_ngram_size and tolerance must be >= 0")
+            raise InputError("no_repeat_ngram_size and tolerance must be >= 0")
         percent_levels(self.step)  # raises for a step that does not divide 100
         size_thresholds(self.size_step)
 
@@ -180,7 +181,7 @@ def _baseline(result: Any) -> Any:
         return "floor"
     if info["kind"] == "constant":
         return float(info["value"])
-    raise ValueError(f"the explanation's baseline {info!r} cannot be reproduced from its metadata")
+    raise InputError(f"the explanation's baseline {info!r} cannot be reproduced from its metadata")
 
 
 def _edits(reference: str, hypothesis: str, normalize_text: bool) -> tuple[int, int]:
@@ -223,7 +224,7 @@ def evaluate_utterance(
     from captum_spes.metrics import deletion_curve, size_curve, word_plausibility
 
     if settings.against == "reference" and reference is None:
-        raise ValueError("the manifest gives no reference for this utterance, but the evaluation is against references")
+        raise InputError("the manifest gives no reference for this utterance, but the evaluation is against references")
     references = [reference] if settings.against == "reference" else None
     record: dict[str, Any] = {"modes": {}}
     for mode in MODES:
@@ -295,7 +296,7 @@ def _level_scores(records: Sequence[Mapping[str, Any]], mode: str, metric: str, 
             edits = sum(r["modes"][mode]["edits"][level] for r in records)
             words = sum(r["modes"][mode]["words"][level] for r in records)
             if words == 0:
-                raise ValueError("every reference is empty, so WER is undefined; evaluate against references instead")
+                raise InputError("every reference is empty, so WER is undefined; evaluate against references instead")
             value = 100.0 * edits / words
             scores.append(min(value, 100.0) if metric == "wer_max" else value)
         return scores
@@ -317,14 +318,14 @@ def reduce_corpus(
     r"""Corpus scores from the records of :func:`evaluate_utterance` (in corpus order).
 
     Raises:
-        ValueError: for an unknown metric or no records.
+        InputError: for an unknown metric or no records.
     """
     import torch
 
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if not records:
-        raise ValueError("no utterance could be evaluated, so there is no corpus score")
+        raise InputError("no utterance could be evaluated, so there is no corpus score")
     levels = settings.levels
     curves = {}
     for mode in MODES:
@@ -407,13 +408,18 @@ def _evaluate_shard(
     progress: UtteranceProgress,
 ) -> None:
     """Evaluate this rank's utterances, appending one record each (failures included)."""
+    from captum_spes import SpeechSeq2SeqWrapper
     from captum_spes.metrics import make_generate_decoder
+
+    if not identifiers:
+        return
+    wrapper = SpeechSeq2SeqWrapper(model, processor)
 
     for identifier in identifiers:
         utterance = _utterance_of(explained[identifier])
         record: dict[str, Any] = {"id": identifier, "explained_at": explained[identifier].get("finished_at")}
         try:
-            features = utterance_features(load_waveform(utterance), processor, model)
+            features = utterance_features(load_waveform(utterance), wrapper)
             decode = make_generate_decoder(
                 model,
                 processor,
@@ -471,7 +477,7 @@ def evaluate_dataset(
 
     settings = settings or EvaluationSettings()
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     context = initialize()
     try:
         device = resolve_device(device, context)
@@ -486,7 +492,7 @@ def evaluate_dataset(
         def prepare() -> tuple[str, list[str]]:
             stored = store.read_settings() or {}
             if "model" not in stored:
-                raise ValueError(f"{store.settings_path} names no model: is {store.root} a dataset run?")
+                raise InputError(f"{store.settings_path} names no model: is {store.root} a dataset run?")
             check_settings_file(
                 folder / "settings.json",
                 settings.checked(stored["model"]),
@@ -496,7 +502,7 @@ def evaluate_dataset(
             finished = evaluation_records(shards, explained)
             return stored["model"], [i for i in explained if i not in finished]
 
-        model_name, pending = context.run_on_main(prepare, (ValueError, FileNotFoundError))
+        model_name, pending = context.run_on_main(prepare, RANK_ERRORS)
         mine = shard(pending, context)
         progress = UtteranceProgress(
             context,

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from captum_spes.errors import InputError, InputTypeError
+
 __all__ = [
     "FIELDS",
     "REQUIRED_FIELDS",
@@ -55,7 +57,7 @@ _JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest that cannot be read as a test set; the message names the row and the fix."""
 
 
@@ -314,7 +316,7 @@ def read_hf_dataset(
     """
     datasets = _datasets_module()
     if not isinstance(dataset, datasets.Dataset):
-        raise TypeError(f"dataset must be a datasets.Dataset, got {type(dataset).__name__}")
+        raise InputTypeError(f"dataset must be a datasets.Dataset, got {type(dataset).__name__}")
     mapping = _column_map(columns)
     fields_of = _check_header(dataset.column_names, mapping, "dataset", strict=False)
     audio_column = mapping["audio"]

@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from captum_spes.dataset.distributed import configure_threads, initialize, resolve_device, shard
+from captum_spes.dataset.distributed import RANK_ERRORS, configure_threads, initialize, resolve_device, shard
 from captum_spes.dataset.manifest import Utterance
 from captum_spes.dataset.progress import UtteranceProgress
 from captum_spes.dataset.store import FAILED, DatasetStore, check_unique_keys
+from captum_spes.errors import InputError
 
 __all__ = [
     "ExplainSettings",
@@ -103,27 +104,23 @@ def load_waveform(utterance: Utterance) -> Any:
     r"""The utterance's audio, mono float32 at 16 kHz, ``(num_samples,)``.
 
     Raises:
-        AudioError: if the file is missing, undecodable, empty or silent.
-        ValueError: if the audio is longer than :data:`MAX_SECONDS`.
+        AudioError: if the file is missing, undecodable, empty or silent, shorter than one
+            analysis window or longer than :data:`MAX_SECONDS`.
     """
-    from captum_spes.audio import load_audio
+    from captum_spes.audio import check_clip_length, load_audio
 
     if utterance.audio_bytes is not None:
-        raise ValueError(f"{utterance.describe()}: embedded audio must be stored first (DatasetStore.store_audio)")
+        raise InputError(f"{utterance.describe()}: embedded audio must be stored first (DatasetStore.store_audio)")
     waveform = load_audio(utterance.audio, SAMPLING_RATE)
-    seconds = waveform.shape[0] / SAMPLING_RATE
-    if seconds > MAX_SECONDS:
-        raise ValueError(
-            f"the audio is {seconds:.1f} s long, but Whisper's window is {MAX_SECONDS:.0f} s; "
-            "split it into clips of at most 30 s"
-        )
+    check_clip_length(waveform, SAMPLING_RATE, "the audio", max_seconds=MAX_SECONDS)
     return waveform
 
 
-def utterance_features(waveform: Any, processor: Any, model: Any) -> Any:
-    """Model input ``(1, n_mels, n_frames)`` (Whisper: ``(1, 80, 3000)``) on the model's device."""
-    parameter = next(model.parameters())
-    features = processor(waveform, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
+def utterance_features(waveform: Any, wrapper: Any) -> Any:
+    """Model input ``(1, ...)`` (Whisper: ``(1, 80, 3000)``) on the model's device, built by the
+    model's adapter from its processor."""
+    parameter = next(wrapper.model.parameters())
+    features = wrapper.adapter.prepare_inputs(wrapper.processor, waveform, SAMPLING_RATE)
     return features.to(device=parameter.device, dtype=parameter.dtype)
 
 
@@ -142,13 +139,12 @@ def generate_kwargs(utterance: Utterance, num_beams: int, no_repeat_ngram_size: 
 
 
 def explain_utterance(spes: Any, utterance: Utterance, settings: ExplainSettings) -> Any:
-    """Explain one utterance; returns its SPESResult with ``metadata["utterance_id"]``."""
+    """Explain one utterance; returns its SPESResult (``metadata["utterance_id"]`` is its id)."""
     from captum_spes import AdaptiveMasks
 
-    wrapper = spes.forward_func
-    features = utterance_features(load_waveform(utterance), wrapper.processor, wrapper.model)
-    result = spes.attribute(
-        features,
+    waveform = load_waveform(utterance)
+    return spes.attribute(
+        utterance_features(waveform, spes.forward_func),
         n_masks=AdaptiveMasks() if settings.n_masks == "auto" else settings.n_masks,
         seed=settings.seed,
         p=settings.p,
@@ -157,10 +153,9 @@ def explain_utterance(spes: Any, utterance: Utterance, settings: ExplainSettings
         impact=settings.impact,
         perturbations_per_eval=settings.batch_size,
         generate_kwargs=generate_kwargs(utterance, settings.num_beams, settings.no_repeat_ngram_size) or None,
+        num_samples=int(waveform.shape[0]),  # the exact speech frames, as captum-spes explain
+        utterance_id=utterance.id,
     )
-    # Becomes attribute(..., utterance_id=utterance.id) once SPES takes the id itself.
-    result.metadata["utterance_id"] = utterance.id
-    return result
 
 
 def explain_shard(
@@ -289,7 +284,7 @@ def explain_dataset(
             store.remove_temporary_files()
             return [u.id for u in store.pending(utterances, retry_failed=retry_failed)]
 
-        pending_ids = context.run_on_main(prepare, (ValueError, OSError))
+        pending_ids = context.run_on_main(prepare, RANK_ERRORS)
         by_id = {u.id: u for u in utterances}
         pending = [by_id[i] for i in pending_ids]
         mine = shard(pending, context)

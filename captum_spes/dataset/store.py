@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from captum_spes.dataset.manifest import Utterance
+from captum_spes.errors import InputError
 
 __all__ = [
     "DONE",
@@ -65,15 +66,16 @@ _SHARDS = "index"
 _INDEX = "index.jsonl"
 _LOCK = ".lock"
 _AUDIO = "audio"
-_TEMPORARY_MARK = ".tmp"
+#: what the names of temporary files contain (``captum_spes._utils.files.atomic_write``)
+_TEMPORARY_MARK = ".partial"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class SettingsMismatchError(ValueError):
+class SettingsMismatchError(InputError):
     """The settings of a run differ from the ones already stored in its output directory."""
 
 
-class DirectoryInUseError(ValueError):
+class DirectoryInUseError(InputError):
     """Another run is writing into the same output directory."""
 
 
@@ -99,33 +101,28 @@ def _fsync_folder(folder: Path) -> None:
             os.close(descriptor)
 
 
-def _temporary_name(path: Path) -> Path:
-    # Hidden, unique per process, and keeps the suffix (SPESResult.save insists on it).
-    return path.with_name(f".{path.stem}.{os.getpid()}{_TEMPORARY_MARK}{path.suffix}")
-
-
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
-    r"""Create or replace ``path`` atomically.
+    r"""Create or replace ``path`` atomically and durably.
+
+    :func:`captum_spes._utils.files.atomic_write` (a temporary file in the same folder, then
+    :func:`os.replace`), with the temporary file fsynced before the rename and the folder
+    after it, so that a crash of the machine cannot leave a renamed but empty file either.
 
     Args:
         path (path-like): the final file.
-        write (callable): ``write(temporary_path)`` writes the complete file there (a
-            temporary file in the same folder, with the same suffix).
+        write (callable): ``write(temporary_path)`` writes the complete file there (same
+            folder, same suffix).
 
     Returns:
-        *Path* of the file, in place and fsynced.
+        *Path* of the file, in place.
     """
+    from captum_spes._utils.files import atomic_write as replace_atomically
+
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_name(target)
-    try:
+    with replace_atomically(target) as temporary:
         write(temporary)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
     _fsync_folder(target.parent)
     return target
 
@@ -171,7 +168,7 @@ def check_settings_file(path: str | os.PathLike[str], settings: Mapping[str, Any
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 def _read_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -253,7 +250,7 @@ class DatasetStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
-            raise NotADirectoryError(f"--out {self.root} exists and is not a directory")
+            raise InputError(f"--out {self.root} exists and is not a directory; choose a directory")
         self.results_dir = self.root / _RESULTS
         self.shards = RecordShards(self.root / _SHARDS)
         self.index_path = self.root / _INDEX
@@ -425,5 +422,5 @@ def check_unique_keys(identifiers: Iterable[str]) -> None:
     for identifier in identifiers:
         key = utterance_key(identifier)
         if key in seen and seen[key] != identifier:
-            raise ValueError(f"ids {seen[key]!r} and {identifier!r} map to the same file name {key}; rename one")
+            raise InputError(f"ids {seen[key]!r} and {identifier!r} map to the same file name {key}; rename one")
         seen[key] = identifier

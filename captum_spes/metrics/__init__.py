@@ -5,7 +5,8 @@ r"""Evaluation of speech-to-text explanations (reference §12), for maps from an
   BLEU, the paper's metric) and :func:`deletion_curve_teacher_forced` (cheap proxy);
 * compactness: :func:`size_curve`;
 * plausibility: :func:`word_plausibility` against word alignments, :func:`interval_scores`
-  for any interval (e.g. phones).
+  for any interval (e.g. phones);
+* stability: :func:`seed_agreement` of two explanations of one utterance (e.g. two seeds).
 
 WER comes from ``jiwer`` and BLEU from ``sacrebleu`` (``pip install 'captum-spes[eval]'``).
 """
@@ -31,6 +32,7 @@ from captum_spes.metrics.plausibility import (
     word_plausibility,
 )
 from captum_spes.metrics.size import SizeResult, default_token_valid, size_curve, size_thresholds
+from captum_spes.metrics.stability import Agreement, rank_correlation, seed_agreement, top_overlap, top_units
 
 __all__ = [
     "PerturbationCurve",
@@ -56,4 +58,9 @@ __all__ = [
     "corpus_bleu",
     "mean_sentence_bleu",
     "normalize_transcript",
+    "Agreement",
+    "seed_agreement",
+    "top_overlap",
+    "top_units",
+    "rank_correlation",
 ]

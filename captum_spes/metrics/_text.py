@@ -17,6 +17,8 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+from captum_spes.errors import InputError, InputTypeError
+
 __all__ = ["normalize_transcript", "corpus_wer", "corpus_bleu", "mean_sentence_bleu", "TEXT_METRICS", "score_texts"]
 
 #: metric name -> True when a higher score means a better transcript/translation
@@ -33,13 +35,13 @@ def normalize_transcript(text: str) -> str:
 
 def _prepare(references: Sequence[str], hypotheses: Sequence[str], normalize_text: bool) -> tuple:
     if isinstance(references, str) or isinstance(hypotheses, str):
-        raise TypeError("references and hypotheses must be sequences of strings (one per utterance), not a str")
+        raise InputTypeError("references and hypotheses must be sequences of strings (one per utterance), not a str")
     if len(references) != len(hypotheses):
-        raise ValueError(
+        raise InputError(
             f"references and hypotheses must have the same length, got {len(references)} and {len(hypotheses)}"
         )
     if len(references) == 0:
-        raise ValueError("references is empty: give at least one utterance")
+        raise InputError("references is empty: give at least one utterance")
     if normalize_text:
         return [normalize_transcript(r) for r in references], [normalize_transcript(h) for h in hypotheses]
     return [r.strip() for r in references], [h.strip() for h in hypotheses]
@@ -78,7 +80,7 @@ def corpus_wer(
     """
     refs, hyps = _prepare(references, hypotheses, normalize_text)
     if sum(len(r.split()) for r in refs) == 0:
-        raise ValueError(
+        raise InputError(
             "every reference is empty, so WER is undefined; pass non-empty references= (the clean "
             "hypothesis was empty?)"
         )
@@ -118,12 +120,12 @@ def score_texts(metric: str, references: Sequence[str], hypotheses: Sequence[str
         return corpus_bleu(references, hypotheses)
     if metric == "sentence_bleu":
         return mean_sentence_bleu(references, hypotheses)
-    raise ValueError(f"metric must be one of {sorted(TEXT_METRICS)}, got {metric!r}")
+    raise InputError(f"metric must be one of {sorted(TEXT_METRICS)}, got {metric!r}")
 
 
 def as_text_list(values: Sequence[str], name: str, count: int) -> list[str]:
     """Check a per-utterance list of strings (a lone str counts as one utterance)."""
     items = [values] if isinstance(values, str) else list(values)
     if len(items) != count or not all(isinstance(v, str) for v in items):
-        raise ValueError(f"{name} must hold {count} strings (one per utterance), got {values!r}")
+        raise InputError(f"{name} must hold {count} strings (one per utterance), got {values!r}")
     return items

@@ -36,8 +36,10 @@ from torch import Tensor
 
 from captum_spes._core.forward_wrapper import SpeechSeq2SeqWrapper
 from captum_spes._core.result import SPESResult
-from captum_spes._utils.adapters import ModelAdapter, get_model_adapter
-from captum_spes._utils.baselines import BaselineSpec, resolve_baseline
+from captum_spes._core.utterance import Utterance
+from captum_spes._utils.baselines import BaselineSpec
+from captum_spes.adapters import InputLayout, ModelAdapter, get_model_adapter
+from captum_spes.errors import InputError, InputTypeError
 from captum_spes.metrics._text import TEXT_METRICS, as_text_list, score_texts
 from captum_spes.normalizers import NORMALIZERS
 
@@ -105,15 +107,15 @@ def percent_levels(step: float = 5, max_percent: float = 100, levels: Sequence[f
     if levels is not None:
         values = [float(q) for q in levels]
         if not values:
-            raise ValueError("levels is empty: give at least two percentages, e.g. [0, 50, 100]")
+            raise InputError("levels is empty: give at least two percentages, e.g. [0, 50, 100]")
         if any(not 0 <= q <= 100 for q in values) or any(b <= a for a, b in zip(values, values[1:])):
-            raise ValueError(f"levels must be strictly increasing percentages in [0, 100], got {list(levels)}")
+            raise InputError(f"levels must be strictly increasing percentages in [0, 100], got {list(levels)}")
         return values
     if not 0 < max_percent <= 100:
-        raise ValueError(f"max_percent must be in (0, 100], got {max_percent}")
+        raise InputError(f"max_percent must be in (0, 100], got {max_percent}")
     steps = Fraction(str(100)) / Fraction(str(step)) if step > 0 else None
     if steps is None or steps.denominator != 1 or (Fraction(str(max_percent)) / Fraction(str(step))).denominator != 1:
-        raise ValueError(
+        raise InputError(
             f"step must be positive and divide both 100 and max_percent ({max_percent}), got {step}; "
             "e.g. step=5 (21 levels) or step=1"
         )
@@ -128,9 +130,9 @@ def _count(n: int, q: float) -> int:
 
 def _check_map(values: Tensor, name: str) -> Tensor:
     if not isinstance(values, Tensor):
-        raise TypeError(f"{name} must be a SPESResult or a Tensor, got {type(values).__name__}")
+        raise InputTypeError(f"{name} must be a SPESResult or a Tensor, got {type(values).__name__}")
     if not torch.isfinite(values).all():
-        raise ValueError(f"{name} holds NaN or inf; rank a finite map (e.g. nan_to_num it first)")
+        raise InputError(f"{name} holds NaN or inf; rank a finite map (e.g. nan_to_num it first)")
     return values
 
 
@@ -152,17 +154,17 @@ def ranking_map(
         *Tensor* ``(n_mels, n_frames)``.
     """
     if normalize is not None and normalize not in NORMALIZERS:
-        raise ValueError(f"normalize must be one of {sorted(NORMALIZERS)} or None, got {normalize!r}")
+        raise InputError(f"normalize must be one of {sorted(NORMALIZERS)} or None, got {normalize!r}")
     if isinstance(attribution, SPESResult):
         per_token = attribution.normalize(normalize).spectrogram_attr if normalize else attribution.spectrogram_attr
     else:
         values = _check_map(attribution, "attribution")
         if values.dim() == 2:
             if token_index is not None:
-                raise ValueError("token_index needs per-token maps (num_tokens, n_mels, n_frames), got one 2-D map")
+                raise InputError("token_index needs per-token maps (num_tokens, n_mels, n_frames), got one 2-D map")
             return values
         if values.dim() != 3:
-            raise ValueError(
+            raise InputError(
                 "attribution must have shape (num_tokens, n_mels, n_frames) or (n_mels, n_frames), "
                 f"got {tuple(values.shape)}"
             )
@@ -188,9 +190,9 @@ def perturbation_masks(score_map: Tensor, levels: Sequence[float], mode: str = "
         *Tensor* bool ``(num_levels, n_mels, n_frames)``, True where replaced.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     if score_map.dim() != 2:
-        raise ValueError(f"score_map must have shape (n_mels, n_frames), got {tuple(score_map.shape)}")
+        raise InputError(f"score_map must have shape (n_mels, n_frames), got {tuple(score_map.shape)}")
     n = score_map.numel()
     order = torch.argsort(score_map.reshape(-1), descending=True, stable=True)
     # rank[i] = position of element i in the descending order.
@@ -220,13 +222,9 @@ def perturbed_inputs(
     Returns:
         *Tensor* model inputs ``(batch, ...)``.
     """
-    adapter = adapter or ModelAdapter(None)
-    canonical = adapter.to_canonical(features)
-    n_frames = replaced.shape[-1]
-    speech = canonical[:, :n_frames]
-    batch = canonical.expand(replaced.shape[0], *canonical.shape).clone()
-    batch[:, :, :n_frames] = torch.where(replaced.to(speech.device), baseline.to(speech), speech)
-    return adapter.from_canonical(batch)
+    layout = adapter.utterance_layout(features) if adapter is not None else InputLayout("mel_first")
+    utterance = Utterance(features, layout, layout.to_canonical(features), int(replaced.shape[-1]), baseline)
+    return utterance.perturbed_inputs(replaced)
 
 
 # ----- decoding -------------------------------------------------------------------------
@@ -247,21 +245,18 @@ def make_generate_decoder(
         ``adapter`` attribute holds the model's adapter, which the curves use by default.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     tokenizer = getattr(processor, "tokenizer", processor)
     if not hasattr(tokenizer, "batch_decode"):
-        raise TypeError("processor must be a Hugging Face processor or tokenizer with batch_decode")
+        raise InputTypeError("processor must be a Hugging Face processor or tokenizer with batch_decode")
     adapter = get_model_adapter(model)
     kwargs = dict(generate_kwargs or {})
-    device = next(model.parameters()).device
 
     def decode(features: Tensor) -> list[str]:
         texts: list[str] = []
-        with torch.inference_mode():
-            for chunk in features.split(batch_size):
-                output = model.generate(**{adapter.input_name: chunk.to(device)}, **kwargs)
-                sequences = getattr(output, "sequences", output)
-                texts.extend(t.strip() for t in tokenizer.batch_decode(sequences, skip_special_tokens=True))
+        for chunk in features.split(batch_size):
+            sequences = adapter.generate(chunk.to(adapter.device), **kwargs)
+            texts.extend(t.strip() for t in tokenizer.batch_decode(sequences, skip_special_tokens=True))
         return texts
 
     decode.adapter = adapter  # type: ignore[attr-defined]
@@ -276,20 +271,20 @@ def _as_list(value: Any) -> list[Any]:
 def _speech_map(score_map: Tensor, canonical: Tensor, num_frames: int | None, index: int) -> Tensor:
     total = canonical.shape[1]
     if score_map.shape[0] != canonical.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"utterance {index}: the map has {score_map.shape[0]} mel bins but features have "
             f"{canonical.shape[0]}; give features in the model layout, e.g. (1, 80, 3000)"
         )
     if num_frames is None:
         num_frames = score_map.shape[1]
     if not 1 <= num_frames <= total:
-        raise ValueError(f"utterance {index}: num_frames must be in [1, {total}], got {num_frames}")
+        raise InputError(f"utterance {index}: num_frames must be in [1, {total}], got {num_frames}")
     if score_map.shape[1] == num_frames:
         return score_map
     if score_map.shape[1] == total:
         # A map in the full input layout (e.g. a Captum method on (1, 80, 3000)): rank speech only.
         return score_map[:, :num_frames]
-    raise ValueError(
+    raise InputError(
         f"utterance {index}: the map covers {score_map.shape[1]} frames, expected num_frames "
         f"({num_frames}) or the input's {total}"
     )
@@ -315,25 +310,25 @@ def _prepare(
     maps, feats = _as_list(attributions), _as_list(features)
     frames = _as_list(num_frames) if num_frames is not None else [None] * len(maps)
     if len(feats) != len(maps) or len(frames) != len(maps):
-        raise ValueError(
+        raise InputError(
             f"attributions, features and num_frames must describe the same utterances, got "
             f"{len(maps)}, {len(feats)} and {len(frames)}"
         )
-    adapter = adapter or ModelAdapter(None)
+    layout: ModelAdapter | InputLayout = adapter or InputLayout("mel_first")
+    input_dims = layout.expected_input_dims() if isinstance(layout, ModelAdapter) else layout.input_dims
     out = []
     for index, (attribution, feature, frame_count) in enumerate(zip(maps, feats, frames)):
-        if not isinstance(feature, Tensor) or feature.dim() != adapter.expected_input_dims() or feature.shape[0] != 1:
-            raise ValueError(
+        if not isinstance(feature, Tensor) or feature.dim() != input_dims or feature.shape[0] != 1:
+            raise InputError(
                 f"features[{index}] must be one utterance in the model layout with batch 1, e.g. "
                 f"(1, 80, 3000), got {getattr(feature, 'shape', type(feature).__name__)}"
             )
-        canonical = adapter.to_canonical(feature)
+        view = layout.utterance_layout(feature) if isinstance(layout, ModelAdapter) else layout
+        canonical = view.to_canonical(feature)
         score_map = _speech_map(ranking_map(attribution, token_index, normalize), canonical, frame_count, index)
-        speech_frames = score_map.shape[1]
-        baseline, _ = resolve_baseline(baselines, canonical, speech_frames, adapter)
+        utterance = Utterance.prepare(feature, layout, num_frames=int(score_map.shape[1]), baselines=baselines)
         replaced = perturbation_masks(score_map.to(canonical.device), levels, mode)
-        inputs = perturbed_inputs(feature, replaced, baseline, adapter)
-        out.append((inputs, replaced.flatten(1).sum(dim=1), speech_frames))
+        out.append((utterance.perturbed_inputs(replaced), replaced.flatten(1).sum(dim=1), utterance.num_frames))
     return out
 
 
@@ -409,9 +404,9 @@ def deletion_curve(
         0-100), ``auc_raw`` = raw trapezoid (0-10 000).
     """
     if metric not in TEXT_METRICS:
-        raise ValueError(f"metric must be one of {sorted(TEXT_METRICS)}, got {metric!r}")
+        raise InputError(f"metric must be one of {sorted(TEXT_METRICS)}, got {metric!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     level_list = percent_levels(step, max_percent, levels)
     adapter = adapter or getattr(decode_fn, "adapter", None)
     prepared = _prepare(
@@ -425,7 +420,7 @@ def deletion_curve(
     for chunk in stacked.split(batch_size):
         decoded = list(decode_fn(chunk))
         if len(decoded) != chunk.shape[0] or not all(isinstance(t, str) for t in decoded):
-            raise ValueError(f"decode_fn must return one str per input ({chunk.shape[0]}), got {decoded!r:.200}")
+            raise InputError(f"decode_fn must return one str per input ({chunk.shape[0]}), got {decoded!r:.200}")
         texts.extend(decoded)
     clean_texts, rest = texts[:num_utterances], texts[num_utterances:]
     refs = clean_texts if references is None else as_text_list(references, "references", num_utterances)
@@ -517,7 +512,7 @@ def deletion_curve_teacher_forced(
         log-probability over levels 0-100.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     level_list = percent_levels(step, max_percent, levels)
     hypothesis = wrapper.hypothesis
     [(inputs, replaced, frames)] = _prepare(

@@ -9,10 +9,22 @@ TextGrid):
   inside its aligned interval. Negative values are clipped to 0 first (signed methods such as
   Integrated Gradients would otherwise cancel mass); a map with no positive mass scores 0.
 * **pointing game**: a hit when the frame of the word map's largest element lies inside the
-  interval widened by ``tolerance`` seconds on each side.
+  interval widened by ``tolerance`` seconds on each side. When several elements share the
+  largest value (a map made of coarse segments), the hit is its expected value under
+  uniformly random tie-breaking: the share of those elements whose frame lies inside, so no
+  arbitrary order (e.g. the lowest mel bin first) decides it.
 
 Chance level of both is the (widened) interval length over the map's duration: what a map
 spread uniformly over time (mass) or a random argmax frame (pointing) would score.
+
+For results that carry their statistics (SPES's), two more measures read the map with its
+noise, at ``significance`` (Benjamini-Hochberg per word by default,
+:meth:`SPESResult.significance`):
+
+* **significant in span**: whether some element of the word map that is significant lies
+  inside the (widened) interval — "the map shows a real region inside the word";
+* **significant share in span**: of the word's significant elements, the share inside the
+  interval (NaN when nothing is significant) — how much of what it calls real is in the word.
 
 Frame ``i`` covers ``[i / frame_rate, (i + 1) / frame_rate)``; an interval ``[start, end)``
 covers frames ``round(start * frame_rate)`` to ``round(end * frame_rate) - 1`` (at least one
@@ -36,6 +48,7 @@ from torch import Tensor
 
 from captum_spes._core.result import SPESResult
 from captum_spes.data.alignments import AlignedInterval, read_textgrid
+from captum_spes.errors import InputError, InputTypeError
 from captum_spes.metrics._text import normalize_transcript
 
 __all__ = [
@@ -61,9 +74,14 @@ class WordPlausibility:
         start, end (float): aligned interval in seconds.
         mass_in_span (float): share (0-1) of the clipped saliency mass inside the interval.
         mass_chance (float): interval frames / map frames.
-        pointing_hit (bool): argmax frame inside the interval (± tolerance).
+        pointing_hit (float): 1 when the argmax frame is inside the interval (± tolerance), 0
+            when not; between them, the share of tied maxima inside.
         pointing_chance (float): widened interval frames / map frames.
         argmax_time (float): time in seconds of the argmax frame's start.
+        significant_in_span (float): 1 if a significant element lies inside the widened
+            interval, else 0; NaN without statistics.
+        significant_share_in_span (float): share of the word's significant elements inside
+            the widened interval; NaN without statistics or when none is significant.
     """
 
     word_index: int
@@ -73,9 +91,11 @@ class WordPlausibility:
     end: float
     mass_in_span: float
     mass_chance: float
-    pointing_hit: bool
+    pointing_hit: float
     pointing_chance: float
     argmax_time: float
+    significant_in_span: float = float("nan")
+    significant_share_in_span: float = float("nan")
 
 
 @dataclass
@@ -91,6 +111,8 @@ class UtterancePlausibility:
     mean_mass_chance: float
     pointing_accuracy: float
     pointing_chance: float
+    significant_in_span: float = float("nan")
+    significant_share_in_span: float = float("nan")
 
 
 @dataclass
@@ -103,6 +125,8 @@ class PlausibilityReport:
         mean_mass_in_span, mean_mass_chance, pointing_accuracy, pointing_chance (float):
             overall means over every matched word (NaN when none matched).
         settings (dict): tolerance, word reduction, normalisation and clipping choices.
+        significant_in_span, significant_share_in_span (float): means over matched words of
+            the significance measures (NaN without statistics).
     """
 
     utterances: list[UtterancePlausibility]
@@ -113,6 +137,8 @@ class PlausibilityReport:
     pointing_accuracy: float
     pointing_chance: float
     settings: dict[str, Any] = field(default_factory=dict)
+    significant_in_span: float = float("nan")
+    significant_share_in_span: float = float("nan")
 
 
 def interval_frames(start: float, end: float, frame_rate: float, n_frames: int) -> tuple[int, int]:
@@ -136,15 +162,16 @@ def interval_scores(
         tolerance (float, optional): seconds added on each side for the pointing game.
 
     Returns:
-        *dict* with ``mass_in_span``, ``mass_chance``, ``pointing_hit`` (0/1),
+        *dict* with ``mass_in_span``, ``mass_chance``, ``pointing_hit`` (0 to 1: the share of
+        the maximal elements inside, 0/1 without ties),
         ``pointing_chance`` and ``argmax_time``.
     """
     if saliency.dim() == 1:
         saliency = saliency[None]
     if saliency.dim() != 2:
-        raise ValueError(f"saliency must have shape (n_mels, n_frames) or (n_frames,), got {tuple(saliency.shape)}")
+        raise InputError(f"saliency must have shape (n_mels, n_frames) or (n_frames,), got {tuple(saliency.shape)}")
     if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0 seconds, got {tolerance}")
+        raise InputError(f"tolerance must be >= 0 seconds, got {tolerance}")
     values = saliency.to(torch.float64)
     n_frames = values.shape[1]
     first, stop = interval_frames(start, end, frame_rate, n_frames)
@@ -153,10 +180,12 @@ def interval_scores(
     inside = float(mass[first:stop].sum())
     lo, hi = interval_frames(start - tolerance, end + tolerance, frame_rate, n_frames)
     if total > 0:
-        frame = int(values.reshape(-1).argmax()) % n_frames
-        hit = lo <= frame < hi
+        flat = values.reshape(-1)
+        peaks = (flat == flat.max()).nonzero()[:, 0] % n_frames
+        frame = int(peaks[0])
+        hit = float(((peaks >= lo) & (peaks < hi)).to(torch.float64).mean())
     else:
-        frame, hit = 0, False  # no positive saliency: nothing points anywhere
+        frame, hit = 0, 0.0  # no positive saliency: nothing points anywhere
     return {
         "mass_in_span": inside / total if total > 0 else 0.0,
         "mass_chance": (stop - first) / n_frames,
@@ -169,11 +198,11 @@ def interval_scores(
 def _intervals(alignment: AlignmentLike, tier: str | None) -> list[AlignedInterval]:
     if isinstance(alignment, (str, os.PathLike)):
         if tier is None:
-            raise ValueError("alignments is a TextGrid path: pass tier= (e.g. 'words')")
+            raise InputError("alignments is a TextGrid path: pass tier= (e.g. 'words')")
         return read_textgrid(alignment, tier)
     items = list(alignment)
     if not all(isinstance(i, AlignedInterval) for i in items):
-        raise TypeError("alignments must be a TextGrid path or a list of AlignedInterval")
+        raise InputTypeError("alignments must be a TextGrid path or a list of AlignedInterval")
     return items
 
 
@@ -181,10 +210,33 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def _nanmean(values: list[float]) -> float:
+    return _mean([v for v in values if v == v])
+
+
+def _significance_in_span(
+    significant: Tensor, start: float, end: float, frame_rate: float, tolerance: float
+) -> tuple[float, float]:
+    """(1 if a significant element is inside the widened interval else 0, share of the
+    significant elements inside; NaN when none is significant)."""
+    n_frames = significant.shape[-1]
+    lo, hi = interval_frames(start - tolerance, end + tolerance, frame_rate, n_frames)
+    total = int(significant.sum())
+    inside = int(significant[..., lo:hi].sum())
+    return float(inside > 0), inside / total if total else float("nan")
+
+
 def _utterance(
-    result: SPESResult, intervals: list[AlignedInterval], tolerance: float, reduce: str, normalize: str | None
+    result: SPESResult,
+    intervals: list[AlignedInterval],
+    tolerance: float,
+    reduce: str,
+    normalize: str | None,
+    significance: float | None,
 ) -> UtterancePlausibility:
     words = result.normalize(normalize).to_words(reduce) if normalize else result.to_words(reduce)
+    tested = significance is not None and words.spectrogram_z is not None and words.units is not None
+    significant = words.significance(significance) if tested else None
     hyp_words = [w.strip() for w in words.tokens[:-1]]  # the end token is not a word
     hyp_keys = [normalize_transcript(w) for w in hyp_words]
     ali_keys = [normalize_transcript(i.label) for i in intervals]
@@ -199,6 +251,9 @@ def _utterance(
             matched.add(h)
             iv = intervals[a]
             s = interval_scores(words.spectrogram_attr[h], iv.start, iv.end, result.frame_rate, tolerance)
+            found, share = (float("nan"), float("nan"))
+            if significant is not None:
+                found, share = _significance_in_span(significant[h], iv.start, iv.end, result.frame_rate, tolerance)
             scored.append(
                 WordPlausibility(
                     word_index=h,
@@ -208,9 +263,11 @@ def _utterance(
                     end=iv.end,
                     mass_in_span=s["mass_in_span"],
                     mass_chance=s["mass_chance"],
-                    pointing_hit=bool(s["pointing_hit"]),
+                    pointing_hit=s["pointing_hit"],
                     pointing_chance=s["pointing_chance"],
                     argmax_time=s["argmax_time"],
+                    significant_in_span=found,
+                    significant_share_in_span=share,
                 )
             )
     return UtterancePlausibility(
@@ -223,6 +280,8 @@ def _utterance(
         mean_mass_chance=_mean([w.mass_chance for w in scored]),
         pointing_accuracy=_mean([float(w.pointing_hit) for w in scored]),
         pointing_chance=_mean([w.pointing_chance for w in scored]),
+        significant_in_span=_mean([w.significant_in_span for w in scored]),
+        significant_share_in_span=_nanmean([w.significant_share_in_span for w in scored]),
     )
 
 
@@ -234,6 +293,7 @@ def word_plausibility(
     tolerance: float = 0.0,
     reduce: str = "max",
     normalize: str | None = None,
+    significance: float | None = 0.05,
 ) -> PlausibilityReport:
     r"""Word-level plausibility of one or several explanations against word alignments.
 
@@ -249,6 +309,8 @@ def word_plausibility(
             Phonetics, "mean", "sum"). Default: "max"
         normalize (str, optional): normaliser applied before merging; None uses the raw maps
             (the mass share is then scale-free). Default: None
+        significance (float or None, optional): level of the significance measures (results
+            with statistics only); None skips them. Default: 0.05
 
     Returns:
         *PlausibilityReport* with per-word, per-utterance and overall scores.
@@ -259,10 +321,12 @@ def word_plausibility(
     results = list(results)
     aligns = list(alignments)  # type: ignore[arg-type]
     if not results:
-        raise ValueError("results is empty: give at least one SPESResult")
+        raise InputError("results is empty: give at least one SPESResult")
     if len(aligns) != len(results):
-        raise ValueError(f"give one alignment per result: {len(results)} results, {len(aligns)} alignments")
-    utterances = [_utterance(r, _intervals(a, tier), tolerance, reduce, normalize) for r, a in zip(results, aligns)]
+        raise InputError(f"give one alignment per result: {len(results)} results, {len(aligns)} alignments")
+    utterances = [
+        _utterance(r, _intervals(a, tier), tolerance, reduce, normalize, significance) for r, a in zip(results, aligns)
+    ]
     every = [w for u in utterances for w in u.words]
     return PlausibilityReport(
         utterances=utterances,
@@ -272,7 +336,10 @@ def word_plausibility(
         mean_mass_chance=_mean([w.mass_chance for w in every]),
         pointing_accuracy=_mean([float(w.pointing_hit) for w in every]),
         pointing_chance=_mean([w.pointing_chance for w in every]),
+        significant_in_span=_mean([w.significant_in_span for w in every]),
+        significant_share_in_span=_nanmean([w.significant_share_in_span for w in every]),
         settings={
+            "significance": significance,
             "tolerance_s": tolerance,
             "word_reduce": reduce,
             "normalize": normalize,

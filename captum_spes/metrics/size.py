@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from captum_spes._core.result import SPESResult
+from captum_spes.errors import InputError, InputTypeError
 from captum_spes.normalizers import NORMALIZERS
 
 __all__ = ["SizeResult", "size_thresholds", "size_curve", "default_token_valid"]
@@ -61,7 +62,7 @@ def size_thresholds(step: float = 0.05) -> Tensor:
     """``0, step, ..., 1`` as float64; ``step`` must divide 1 exactly (e.g. 0.05, 0.1)."""
     count = Fraction(1) / Fraction(str(step)) if step > 0 else Fraction(1, 3)
     if step <= 0 or step > 1 or count.denominator != 1:
-        raise ValueError(f"step must be in (0, 1] and divide 1 exactly (e.g. 0.05), got {step}")
+        raise InputError(f"step must be in (0, 1] and divide 1 exactly (e.g. 0.05), got {step}")
     n = int(count)
     return torch.tensor([i / n for i in range(n + 1)], dtype=torch.float64)
 
@@ -82,17 +83,17 @@ def _unpack(maps: MapsLike, index: int) -> tuple[Tensor, Tensor | None, Tensor |
     elif isinstance(maps, tuple) and len(maps) == 2:
         spec, tok = maps
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"maps[{index}] must be a SPESResult, a (num_tokens, n_mels, n_frames) Tensor or a "
             f"(spectrogram_attr, token_attr) tuple, got {type(maps).__name__}"
         )
     if not isinstance(spec, Tensor) or spec.dim() != 3:
-        raise ValueError(
+        raise InputError(
             f"maps[{index}]: spectrogram_attr must have shape (num_tokens, n_mels, n_frames), "
             f"got {tuple(getattr(spec, 'shape', ()))}"
         )
     if tok is not None and (tok.dim() != 2 or tok.shape[0] != spec.shape[0]):
-        raise ValueError(
+        raise InputError(
             f"maps[{index}]: token_attr must have shape (num_tokens={spec.shape[0]}, num_decoder_inputs), "
             f"got {tuple(tok.shape)}"
         )
@@ -102,7 +103,7 @@ def _unpack(maps: MapsLike, index: int) -> tuple[Tensor, Tensor | None, Tensor |
 def _percent_at_least(values: Tensor, thresholds: Tensor) -> Tensor:
     values = values.reshape(-1).to(torch.float64).cpu()
     if values.numel() == 0:
-        raise ValueError("a map has no values to measure")
+        raise InputError("a map has no values to measure")
     return 100.0 * (values[None, :] >= thresholds[:, None]).double().mean(dim=1)
 
 
@@ -128,16 +129,16 @@ def size_curve(
         *SizeResult*: AUCs in 0-100, lower = more compact.
     """
     if normalize is not None and normalize not in NORMALIZERS:
-        raise ValueError(f"normalize must be one of {sorted(NORMALIZERS)} or None, got {normalize!r}")
+        raise InputError(f"normalize must be one of {sorted(NORMALIZERS)} or None, got {normalize!r}")
     items: list[MapsLike] = list(maps) if isinstance(maps, list) else [maps]
     if not items:
-        raise ValueError("maps is empty: give at least one utterance")
+        raise InputError("maps is empty: give at least one utterance")
     thresholds = size_thresholds(step)
     spec_rows, tok_rows = [], []
     for index, item in enumerate(items):
         spec, tok, valid = _unpack(item, index)
         if not torch.isfinite(spec).all() or (tok is not None and not torch.isfinite(tok).all()):
-            raise ValueError(f"maps[{index}] holds NaN or inf values")
+            raise InputError(f"maps[{index}] holds NaN or inf values")
         # Normalise once, outside the threshold loop (reference defect 10).
         if normalize is not None:
             spec, tok = NORMALIZERS[normalize](spec, tok, valid)

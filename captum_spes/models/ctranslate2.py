@@ -42,6 +42,9 @@ from transformers import (
     WhisperTokenizer,
 )
 
+from captum_spes.errors import InputError
+from captum_spes.models.quiet import hide_whisper_generate_notice
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Newest ``model.bin`` binary version this reader understands.
@@ -110,7 +113,7 @@ _FIRST_SPECIAL, _LAST_SPECIAL = "<|startoftranscript|>", "<|notimestamps|>"
 _NUM_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|> in 0.02 s steps
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(InputError):
     r"""A model could not be found, verified or converted; the message says how to fix it."""
 
 
@@ -474,12 +477,16 @@ def whisper_config_from_ctranslate2(
 def whisper_generation_config(
     config: WhisperConfig, ct2_config: dict[str, Any], tokenizer_json: dict[str, Any]
 ) -> GenerationConfig:
-    r"""Build the Whisper ``GenerationConfig`` HF publishes for the same checkpoint.
+    r"""Build the Whisper ``GenerationConfig`` for the checkpoint, in the fields Whisper's ``generate`` reads.
 
-    English-only models force ``<|notimestamps|>`` at position 1. Multilingual models
-    get ``lang_to_id``/``task_to_id`` and force ``<|transcribe|>`` at position 2:
-    without it, ``generate(language="en")`` in transformers 5.x sends no task token
-    and e.g. base degenerates into repetitions.
+    The decoder prompt is stated the supported way, not with the deprecated
+    ``forced_decoder_ids``: ``generate`` builds it from ``decoder_start_token_id``,
+    ``is_multilingual``, ``lang_to_id``, ``task_to_id``, ``task`` and
+    ``no_timestamps_token_id``. English-only models get ``<|startoftranscript|>
+    <|notimestamps|>``. Multilingual models get ``<|startoftranscript|> <|xx|>
+    <|transcribe|> <|notimestamps|>``, the language detected unless ``generate`` is
+    given ``language``; ``task`` defaults to ``"transcribe"`` because without a task
+    token base degenerates into repetitions.
 
     Args:
         config (WhisperConfig): From :func:`whisper_config_from_ctranslate2`.
@@ -516,9 +523,7 @@ def whisper_generation_config(
             "translate": ids["<|translate|>"],
             "transcribe": ids["<|transcribe|>"],
         }
-        kwargs["forced_decoder_ids"] = [[1, None], [2, ids["<|transcribe|>"]]]
-    else:
-        kwargs["forced_decoder_ids"] = [[1, ids["<|notimestamps|>"]]]
+        kwargs["task"] = "transcribe"
     return GenerationConfig(**kwargs)
 
 
@@ -641,6 +646,7 @@ def load_ctranslate2_whisper(
     if meta:
         raise ModelLoadError(f"Parameters left uninitialised after conversion: {meta[:10]}.")
     model.generation_config = whisper_generation_config(config, ct2_config, tokenizer_json)
+    hide_whisper_generate_notice()
     model.to(device).eval()
 
     tokenizer = whisper_tokenizer(folder / "tokenizer.json", config)

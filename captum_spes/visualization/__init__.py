@@ -6,8 +6,9 @@ Matplotlib (``pip install 'captum-spes[viz]'``) is imported only when a plot is 
 
 Example:
     >>> from captum_spes.visualization import plot_token_saliency, write_html_report
-    >>> fig, ax = plot_token_saliency(result, 0, features)            # doctest: +SKIP
-    >>> write_html_report(result, "report.html", waveform=audio, features=features)  # doctest: +SKIP
+    >>> fig, ax = plot_token_saliency(result, 0, features)  # significant regions bright, the rest faint
+    >>> write_html_report(result, "report.html", waveform=audio, features=features)
+    PosixPath('report.html')
 """
 
 from captum_spes.visualization.listen import (

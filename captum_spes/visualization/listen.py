@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from captum_spes._core.result import SPESResult
-from captum_spes._utils.files import refuse_overwrite
+from captum_spes._utils.files import atomic_write, refuse_overwrite
+from captum_spes.errors import InputError
 
 __all__ = ["mel_to_stft_weights", "salient_audio", "salient_mask", "write_salient_audio"]
 
@@ -79,7 +80,7 @@ def _select_map(result: SPESResult, token: int | str | None, word: int | str | N
     from captum_spes.visualization.plots import _word_row, token_index
 
     if token is not None and word is not None:
-        raise ValueError("pass either token or word, not both (or neither for the utterance map)")
+        raise InputError("pass either token or word, not both (or neither for the utterance map)")
     if token is not None:
         values = result.spectrogram_attr[token_index(result, token)]
     elif word is not None:
@@ -108,14 +109,14 @@ def salient_mask(
         *ndarray* bool ``(n_fft // 2 + 1, n_frames)``.
     """
     if not 0.0 < float(top_percent) <= 100.0:
-        raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")
+        raise InputError(f"top_percent must be in (0, 100], got {top_percent}")
     values = (
         saliency.detach().cpu().double().numpy()
         if isinstance(saliency, torch.Tensor)
         else np.asarray(saliency, dtype=np.float64)
     )
     if values.ndim != 2:
-        raise ValueError(f"saliency must be (n_mels, n_frames), got shape {values.shape}")
+        raise InputError(f"saliency must be (n_mels, n_frames), got shape {values.shape}")
     stft_map = mel_to_stft_weights(values.shape[0], sampling_rate, n_fft) @ values
     if top_percent >= 100.0:
         return np.ones(stft_map.shape, dtype=bool)
@@ -154,6 +155,10 @@ def salient_audio(
 
     Returns:
         *ndarray* float32 ``(num_samples,)``, the same length as ``waveform``.
+
+    Raises:
+        InputError: if ``waveform`` is not mono, is shorter than ``n_fft`` samples (one STFT
+            window: 25 ms at 16 kHz), or its rate does not match ``result.frame_rate``.
     """
     from scipy.signal import istft, stft
 
@@ -165,9 +170,14 @@ def salient_audio(
     if audio.ndim == 2 and audio.shape[0] == 1:
         audio = audio[0]
     if audio.ndim != 1:
-        raise ValueError(f"waveform must be mono (num_samples,), got shape {audio.shape}")
+        raise InputError(f"waveform must be mono (num_samples,), got shape {audio.shape}")
+    if audio.shape[0] < n_fft:
+        raise InputError(
+            f"waveform has {audio.shape[0]} samples, fewer than one STFT window (n_fft={n_fft}, "
+            f"{1000 * n_fft / sampling_rate:g} ms at {sampling_rate} Hz); pass at least {n_fft} samples"
+        )
     if abs(sampling_rate / hop_length - result.frame_rate) > 1e-6:
-        raise ValueError(
+        raise InputError(
             f"sampling_rate / hop_length = {sampling_rate / hop_length:g} frames/s does not "
             f"match result.frame_rate = {result.frame_rate:g}; resample the waveform to 16 kHz "
             "or pass the hop_length the features used"
@@ -226,6 +236,6 @@ def write_salient_audio(
 
     target = refuse_overwrite(path, overwrite)
     audio = salient_audio(result, waveform, sampling_rate, **kwargs)  # type: ignore[arg-type]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(target), np.clip(audio, -1.0, 1.0), sampling_rate, subtype="PCM_16", format="WAV")
+    with atomic_write(target) as temporary:
+        sf.write(str(temporary), np.clip(audio, -1.0, 1.0), sampling_rate, subtype="PCM_16", format="WAV")
     return target

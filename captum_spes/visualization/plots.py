@@ -11,6 +11,12 @@ the mel axis labelled in Hz at the centre frequency of each mel filter. Whisper'
 uses the *Slaney* mel scale (linear below 1 kHz, logarithmic above; librosa's default, also
 ``transformers.audio_utils.mel_filter_bank(..., mel_scale="slaney")``); the centres are
 computed here with that formula (:func:`mel_frequencies`).
+
+Maps are drawn with their noise: when a result carries its statistics (every
+:class:`~captum_spes.SPESResult` made by SPES does), elements that are not significant at
+``significance`` (Benjamini-Hochberg false discovery rate per token by default, see
+:meth:`SPESResult.significance`) are muted to a faint wash, significant regions are outlined,
+and the legend says so. ``significance=None`` draws the raw map alone.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 import torch
 
 from captum_spes._core.result import SPESResult
+from captum_spes.errors import InputError, InputTypeError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
@@ -39,6 +46,8 @@ __all__ = [
     "plot_utterance_map",
     "plot_token_map",
     "plot_time_profile",
+    "significance_mask",
+    "MUTED_OPACITY",
 ]
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -106,7 +115,7 @@ def mel_frequencies(
         *ndarray* ``(n_mels,)`` of increasing frequencies in Hz.
     """
     if n_mels < 1:
-        raise ValueError(f"n_mels must be a positive integer, got {n_mels}")
+        raise InputError(f"n_mels must be a positive integer, got {n_mels}")
     top = sampling_rate / 2.0 if fmax is None else float(fmax)
     points = np.linspace(hz_to_mel(fmin), hz_to_mel(top), n_mels + 2)
     return mel_to_hz(points[1:-1])
@@ -126,8 +135,8 @@ def _index_from(labels: Sequence[str], key: int | str, what: str, argument: str)
         stripped = [label.strip() for label in labels]
         if key.strip() in stripped:
             return stripped.index(key.strip())
-        raise ValueError(f"{argument}={key!r} matches no {what}; pass an index or one of {list(labels)}")
-    raise TypeError(f"{argument} must be an int index or a {what} string, got {type(key).__name__}")
+        raise InputError(f"{argument}={key!r} matches no {what}; pass an index or one of {list(labels)}")
+    raise InputTypeError(f"{argument} must be an int index or a {what} string, got {type(key).__name__}")
 
 
 def token_index(result: SPESResult, token: int | str) -> int:
@@ -162,7 +171,7 @@ def as_captum_image(saliency: ArrayLike, low_frequencies_at_bottom: bool = True)
     """
     values = _to_numpy(saliency)
     if values.ndim != 2:
-        raise ValueError(f"saliency must be (n_mels, n_frames), got shape {values.shape}")
+        raise InputError(f"saliency must be (n_mels, n_frames), got shape {values.shape}")
     if low_frequencies_at_bottom:
         values = values[::-1]
     return np.ascontiguousarray(values[..., None], dtype=np.float32)
@@ -190,15 +199,15 @@ def _log_mel(features: ArrayLike, n_mels: int, n_frames: int) -> np.ndarray:
     values = _to_numpy(features)
     if values.ndim == 3:
         if values.shape[0] != 1:
-            raise ValueError(f"features must hold one utterance, (1, n_mels, frames); got shape {values.shape}")
+            raise InputError(f"features must hold one utterance, (1, n_mels, frames); got shape {values.shape}")
         values = values[0]
     if values.ndim != 2 or values.shape[0] != n_mels:
-        raise ValueError(
+        raise InputError(
             f"features must be (1, {n_mels}, frames) or ({n_mels}, frames) log-mel input "
             f"features, got shape {values.shape}"
         )
     if values.shape[1] < n_frames:
-        raise ValueError(
+        raise InputError(
             f"features have {values.shape[1]} frames but the maps cover {n_frames}; pass the "
             "features the explanation was computed on"
         )
@@ -206,8 +215,18 @@ def _log_mel(features: ArrayLike, n_mels: int, n_frames: int) -> np.ndarray:
     return values[:, :n_frames]
 
 
-def _mel_axis_ticks(ax: Axes, n_mels: int, sampling_rate: int) -> None:
-    centres = mel_frequencies(n_mels, sampling_rate)
+def row_centres(result: SPESResult, sampling_rate: int) -> np.ndarray:
+    """Centre frequency in Hz of every map row: the adapter's (e.g. linear STFT bins, recorded
+    in ``metadata["row_frequencies_hz"]``), else the Slaney-mel centres of log-mel rows."""
+    recorded = result.metadata.get("row_frequencies_hz")
+    if recorded is not None and len(recorded) == result.n_mels:
+        return np.asarray(recorded, dtype=np.float64)
+    return mel_frequencies(result.n_mels, sampling_rate)
+
+
+def _mel_axis_ticks(ax: Axes, n_mels: int, sampling_rate: int, centres: np.ndarray | None = None) -> None:
+    if centres is None:
+        centres = mel_frequencies(n_mels, sampling_rate)
     # Place each round frequency at its exact (fractional) position between bin centres.
     ticks: list[float] = []
     labels: list[str] = []
@@ -218,6 +237,29 @@ def _mel_axis_ticks(ax: Axes, n_mels: int, sampling_rate: int) -> None:
     ax.set_yticks(ticks)
     ax.set_yticklabels(labels)
     ax.set_ylabel("Frequency (Hz)")
+
+
+#: opacity of the elements that are not significant, relative to the significant ones
+MUTED_OPACITY = 0.15
+
+
+def significance_mask(
+    result: SPESResult, row: int | None, significance: float | None, correction: str | None
+) -> tuple[np.ndarray | None, str | None]:
+    """``(n_mels, n_frames)`` bool mask of significant elements of one row (or, for
+    ``row=None``, of any row: the utterance map), and the legend text; ``(None, None)`` when
+    ``significance`` is None or the result has no statistics."""
+    if significance is None or result.spectrogram_z is None or result.units is None:
+        return None, None
+    every = result.significance(alpha=significance, correction=correction)
+    mask = every.any(dim=0) if row is None else every[row]
+    method = {"fdr_bh": "BH false discovery rate", "holm": "Holm", "bonferroni": "Bonferroni", None: "uncorrected"}
+    scope = "in any token" if row is None else ""
+    legend = (
+        f"bright: significant {scope} at {significance:g} ({method.get(correction, correction)}, "
+        f"{result.num_units} units); faint: within Monte-Carlo noise"
+    ).replace("  ", " ")
+    return _to_numpy(mask).astype(bool), legend
 
 
 def _plot_map(
@@ -233,7 +275,12 @@ def _plot_map(
     fig_size: tuple[float, float],
     plt_fig_axis: FigAxis | None,
     show: bool,
+    significant: np.ndarray | None = None,
+    legend: str | None = None,
+    centres: np.ndarray | None = None,
 ) -> FigAxis:
+    from matplotlib import colors
+
     fig, ax = _figure_axis(plt_fig_axis, fig_size)
     n_mels, n_frames = saliency.shape
     # Frame t covers [t, t + 1) / frame_rate s; bin k is centred on k.
@@ -243,11 +290,44 @@ def _plot_map(
         background = _log_mel(features, n_mels, n_frames)
         ax.imshow(background, origin="lower", aspect="auto", cmap="gray", extent=extent, interpolation="nearest")
         overlay_alpha = alpha
+    opacity: float | np.ndarray = overlay_alpha
+    if significant is not None:
+        opacity = np.where(significant, overlay_alpha, overlay_alpha * MUTED_OPACITY)
+    norm = colors.Normalize(vmin=float(np.min(saliency)), vmax=float(np.max(saliency)))
     image = ax.imshow(
-        saliency, origin="lower", aspect="auto", cmap=cmap, extent=extent, alpha=overlay_alpha, interpolation="nearest"
+        saliency,
+        origin="lower",
+        aspect="auto",
+        cmap=cmap,
+        norm=norm,
+        extent=extent,
+        alpha=opacity,
+        interpolation="nearest",
     )
+    if significant is not None:
+        if significant.any() and not significant.all():
+            ax.contour(
+                significant.astype(float),
+                levels=[0.5],
+                colors="cyan",
+                linewidths=0.8,
+                origin="lower",
+                extent=(0.5 / frame_rate, (n_frames - 0.5) / frame_rate, 0.0, n_mels - 1.0),
+            )
+        note = legend if significant.any() else f"{legend} (nothing significant)"
+        ax.text(
+            0.01,
+            0.99,
+            note,
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize=7,
+            color="white",
+            bbox={"facecolor": "black", "alpha": 0.55, "pad": 2, "edgecolor": "none"},
+        )
     ax.set_xlabel("Time (s)")
-    _mel_axis_ticks(ax, n_mels, sampling_rate)
+    _mel_axis_ticks(ax, n_mels, sampling_rate, centres)
     if title:
         ax.set_title(title)
     if show_colorbar:
@@ -271,6 +351,8 @@ def plot_token_saliency(
     fig_size: tuple[float, float] = (9, 4),
     plt_fig_axis: FigAxis | None = None,
     show: bool = False,
+    significance: float | None = 0.05,
+    correction: str | None = "fdr_bh",
 ) -> FigAxis:
     r"""Spectrogram saliency of one explained token.
 
@@ -293,6 +375,11 @@ def plot_token_saliency(
         fig_size (tuple, optional): used when a new figure is created. Default: (9, 4)
         plt_fig_axis (tuple, optional): ``(fig, ax)`` to draw into. Default: None
         show (bool, optional): call ``pyplot.show()``. Default: False
+        significance (float or None, optional): level below which elements count as
+            significant; the others are muted and the legend says so. None draws the map
+            without its statistics. Default: 0.05
+        correction (str or None, optional): multiple-comparison correction,
+            see :meth:`SPESResult.significance`. Default: "fdr_bh"
 
     Returns:
         ``(fig, ax)``.
@@ -300,6 +387,7 @@ def plot_token_saliency(
     source = result.normalize(normalize) if normalize else result
     index = token_index(source, token)
     saliency = _to_numpy(source.spectrogram_attr[index])
+    significant, legend = significance_mask(source, index, significance, correction)
     return _plot_map(
         saliency,
         source.frame_rate,
@@ -312,6 +400,9 @@ def plot_token_saliency(
         fig_size=fig_size,
         plt_fig_axis=plt_fig_axis,
         show=show,
+        significant=significant,
+        legend=legend,
+        centres=row_centres(source, sampling_rate),
     )
 
 
@@ -375,17 +466,22 @@ def plot_utterance_map(
         title (str, optional): default shows the transcript.
         plt_fig_axis (tuple, optional): ``(fig, ax)``. Default: None
         show (bool, optional): Default: False
-        **kwargs: ``sampling_rate``, ``cmap``, ``alpha``, ``show_colorbar``, ``fig_size``.
+        **kwargs: ``sampling_rate``, ``cmap``, ``alpha``, ``show_colorbar``, ``fig_size``,
+            ``significance`` and ``correction`` (as for :func:`plot_token_saliency`; an element
+            is bright when it is significant for any token).
 
     Returns:
         ``(fig, ax)``.
     """
     options = dict(sampling_rate=16000, cmap="inferno", alpha=0.55, show_colorbar=True, fig_size=(9, 4))
+    significance = kwargs.pop("significance", 0.05)
+    correction = kwargs.pop("correction", "fdr_bh")
     unknown = set(kwargs) - set(options)
     if unknown:
-        raise TypeError(f"plot_utterance_map got unexpected keyword arguments {sorted(unknown)}")
+        raise InputTypeError(f"plot_utterance_map got unexpected keyword arguments {sorted(unknown)}")
     options.update(kwargs)
     saliency = _to_numpy(result.utterance_map(normalize))
+    significant, legend = significance_mask(result, None, significance, correction)
     return _plot_map(
         saliency,
         result.frame_rate,
@@ -393,6 +489,9 @@ def plot_utterance_map(
         title=title if title is not None else f"Utterance map: {result.text.strip()!r}",
         plt_fig_axis=plt_fig_axis,
         show=show,
+        significant=significant,
+        legend=legend,
+        centres=row_centres(result, int(options["sampling_rate"])),  # type: ignore[call-overload]
         **options,  # type: ignore[arg-type]
     )
 
@@ -428,7 +527,7 @@ def plot_token_map(
         array.
     """
     if result.token_attr is None:
-        raise ValueError(
+        raise InputError(
             "result.token_attr is None: the explanation was computed without token masks; "
             "rerun SPES.attribute with token masks enabled to plot the token map"
         )
@@ -503,7 +602,7 @@ def plot_time_profile(
 
     source = result.normalize(normalize) if normalize else result
     if reduce not in ("mean", "max", "sum"):
-        raise ValueError(f"reduce must be 'mean', 'max' or 'sum', got {reduce!r}")
+        raise InputError(f"reduce must be 'mean', 'max' or 'sum', got {reduce!r}")
     if token is None:
         utterance = _to_numpy(source.spectrogram_attr.mean(dim=0))
         profile = getattr(np, reduce)(utterance, axis=0)

@@ -28,7 +28,7 @@ import html
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from captum_spes._core.result import SPESResult
-from captum_spes._utils.files import refuse_overwrite
+from captum_spes._utils.files import atomic_write, refuse_overwrite
+from captum_spes.errors import InputError
 
 __all__ = ["write_html_report", "salient_span"]
 
@@ -74,6 +75,11 @@ def _quantise(values: np.ndarray) -> tuple[str, float, float]:
     scale = (values - low) / (high - low) if high > low else np.zeros_like(values)
     levels = np.clip(np.round(scale * 255.0), 0, 255).astype(np.uint8)
     return base64.b64encode(levels.tobytes()).decode("ascii"), low, high
+
+
+def _pack(mask: np.ndarray) -> str:
+    """A bool map as base64 bits (row-major, most significant bit first)."""
+    return base64.b64encode(np.packbits(mask.astype(bool).reshape(-1)).tobytes()).decode("ascii")
 
 
 def salient_span(
@@ -122,7 +128,7 @@ def _wav_data_uri(waveform: ArrayLike, sampling_rate: int) -> str:
     if audio.ndim == 2 and audio.shape[0] == 1:
         audio = audio[0]
     if audio.ndim != 1:
-        raise ValueError(f"waveform must be mono (num_samples,), got shape {audio.shape}")
+        raise InputError(f"waveform must be mono (num_samples,), got shape {audio.shape}")
     buffer = io.BytesIO()
     # 16-bit PCM: half the size of float WAV and every browser plays it.
     sf.write(buffer, np.clip(audio, -1.0, 1.0), int(sampling_rate), format="WAV", subtype="PCM_16")
@@ -136,7 +142,7 @@ def _background(features: ArrayLike | None, n_mels: int, n_frames: int) -> str |
     if values.ndim == 3 and values.shape[0] == 1:
         values = values[0]
     if values.ndim != 2 or values.shape[0] != n_mels or values.shape[1] < n_frames:
-        raise ValueError(
+        raise InputError(
             f"features must be the log-mel input, (1, {n_mels}, T) or ({n_mels}, T) with "
             f"T >= {n_frames}; got shape {tuple(values.shape)}"
         )
@@ -216,6 +222,10 @@ def write_html_report(
     top_percent: float = 10.0,
     title: str | None = None,
     listen_top_percent: float | None = 10.0,
+    contrast: SPESResult | None = None,
+    contrast_foils: Mapping[int, str] | None = None,
+    significance: float | None = 0.05,
+    correction: str | None = "fdr_bh",
 ) -> Path:
     r"""Write an interactive, self-contained HTML report of ``result``.
 
@@ -240,6 +250,16 @@ def write_html_report(
             ``listen_top_percent`` % salient time-frequency bins (:func:`salient_audio`),
             cut to the word's salient region +- 0.25 s and played by its "listen" button.
             None leaves it out. Default: 10.0
+        contrast (SPESResult, optional): a contrastive explanation of the same tokens
+            (:class:`~captum_spes.impact.ContrastiveImpact`); its maps of the contrasted
+            positions are shown beside the plain ones. Default: None
+        contrast_foils (mapping, optional): contrasted position -> foil text, for the
+            panel's captions. Default: the positions whose contrastive map is not zero.
+        significance (float or None, optional): elements that are not significant at this
+            level (:meth:`SPESResult.significance`) are drawn faint, and the page says so.
+            None, or a result without statistics, draws every element alike. Default: 0.05
+        correction (str or None, optional): the multiple-comparison correction. Default:
+            "fdr_bh"
 
     Returns:
         *Path* of the written file.
@@ -253,10 +273,15 @@ def write_html_report(
     groups = merged.metadata["word_groups"]
     rate = source.frame_rate
 
+    tested = significance is not None and source.spectrogram_z is not None and source.units is not None
+    token_sig = source.significance(significance, correction).numpy() if tested else None
+    word_sig = merged.significance(significance, correction).numpy() if tested else None
     token_items = []
     for k, text in enumerate(source.tokens):
         data, low, high = _quantise(_numpy(source.spectrogram_attr[k]))
         token_items.append({"text": text, "map": data, "min": low, "max": high})
+        if token_sig is not None:
+            token_items[-1]["sig"] = _pack(token_sig[k])
     word_items = []
     word_profiles = _numpy(merged.time_profile("mean"))
     for i, text in enumerate(merged.tokens):
@@ -268,8 +293,13 @@ def write_html_report(
             item.update(ref=groups[i][0], min=token_item["min"], max=token_item["max"])
         else:
             item["map"], item["min"], item["max"] = _quantise(_numpy(merged.spectrogram_attr[i]))
+            if word_sig is not None:
+                item["sig"] = _pack(word_sig[i])
         word_items.append(item)
     utterance, u_low, u_high = _quantise(_numpy(result.utterance_map()))
+    utterance_item: dict[str, Any] = {"map": utterance, "min": u_low, "max": u_high}
+    if token_sig is not None:
+        utterance_item["sig"] = _pack(token_sig.any(axis=0))
     payload = {
         "n_mels": source.n_mels,
         "n_frames": source.n_frames,
@@ -278,7 +308,8 @@ def write_html_report(
         "background": _background(features, source.n_mels, source.n_frames),
         "tokens": token_items,
         "words": word_items,
-        "utterance": {"map": utterance, "min": u_low, "max": u_high},
+        "utterance": utterance_item,
+        "significance": _significance_note(source, significance, correction) if tested else None,
         "lut": _lut(),
         "alignment": _intervals(words),
     }
@@ -290,11 +321,24 @@ def write_html_report(
     if waveform is not None and listen_top_percent is not None:
         listen = _listen_clips(result, waveform, sampling_rate, spans, listen_top_percent)
     page = _render(source, merged, spans, payload_json, waveform, sampling_rate, top_percent, title, listen)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".partial")
-    temporary.write_text(page, encoding="utf-8")
-    os.replace(temporary, target)
+    if contrast is not None:
+        from captum_spes.visualization.contrast_panel import contrast_section
+
+        page = page.replace(
+            _METADATA_HEADING, contrast_section(result, contrast, _lut(), contrast_foils) + _METADATA_HEADING
+        )
+    with atomic_write(target) as temporary:
+        temporary.write_text(page, encoding="utf-8")
     return target
+
+
+def _significance_note(result: SPESResult, level: float | None, correction: str | None) -> str:
+    method = {"fdr_bh": "Benjamini-Hochberg false discovery rate", "holm": "Holm", "bonferroni": "Bonferroni"}
+    return (
+        f"Bright: significant at {level:g} ({method.get(correction, 'no correction')}, per token over its "
+        f"{result.num_units} independent units); faint: not distinguishable from Monte-Carlo noise with "
+        f"{result.metadata.get('n_masks', '?')} masks."
+    )
 
 
 def _listen_clips(
@@ -360,7 +404,7 @@ def _render(
     title: str | None,
     listen: list[str] | None = None,
 ) -> str:
-    from captum_spes.visualization.plots import mel_frequencies
+    from captum_spes.visualization.plots import row_centres
 
     esc = html.escape
     heading = title if title is not None else (source.text.strip() or "SPES explanation")
@@ -375,10 +419,10 @@ def _render(
             f"<span class='wordbox'><span class='word{special}' data-word-index='{i}' "
             f"title='tokens {merged.metadata['word_groups'][i]}'>{esc(_piece(text))}</span>"
             f"<button class='play-word' data-word-index='{i}' data-start='{spans[i][0]:g}' "
-            f"data-end='{spans[i][1]:g}' title='play the salient region {spans[i][0]:g}-{spans[i][1]:g} s'>&#9654;</button>"
+            f"data-end='{spans[i][1]:g}' {_labelled(f'play the salient region {spans[i][0]:g}-{spans[i][1]:g} s')}>"
+            f"{_PLAY_ICON}</button>"
             + (
-                f"<button class='listen-word' data-word-index='{i}' title='listen to the explanation: only the "
-                f"top salient time-frequency bins, resynthesised'>&#128266;</button>"
+                f"<button class='listen-word' data-word-index='{i}' {_labelled(_LISTEN_LABEL)}>{_LISTEN_ICON}</button>"
                 f"<audio class='listen-audio' data-word-index='{i}' preload='none' src='{listen[i]}'></audio>"
                 if listen is not None and i < len(listen)
                 else ""
@@ -394,7 +438,7 @@ def _render(
     time_ticks = "".join(
         f"<span class='tick' style='left:{100 * t / duration:.3f}%'>{t:g}</span>" for t in _time_ticks(duration)
     )
-    centres = mel_frequencies(source.n_mels, sampling_rate if waveform is not None else 16000)
+    centres = row_centres(source, sampling_rate if waveform is not None else 16000)
     freq_ticks = []
     for hz in (250, 500, 1000, 2000, 4000, 6000):
         if centres[0] <= hz <= centres[-1]:
@@ -417,6 +461,25 @@ def _render(
     )
 
 
+# Inline SVG icons rather than the characters U+25B6 and U+1F50A: those need a font with the
+# glyph (an emoji font for the speaker), which e.g. Debian's chromium lacks by default and then
+# draws an empty box. currentColor follows the button's text colour.
+_SVG_OPEN = "<svg class='icon' viewBox='0 0 16 16' width='14' height='14' aria-hidden='true' focusable='false'>"
+_PLAY_ICON = _SVG_OPEN + "<path d='M4 2.5v11l9.5-5.5z' fill='currentColor'/></svg>"
+_LISTEN_ICON = (
+    _SVG_OPEN + "<path d='M1.5 5.5h3l4-3.5v12l-4-3.5h-3z' fill='currentColor'/>"
+    "<path d='M10.8 5.4a3.6 3.6 0 0 1 0 5.2M12.8 3.4a6.4 6.4 0 0 1 0 9.2' fill='none' stroke='currentColor' "
+    "stroke-width='1.5' stroke-linecap='round'/></svg>"
+)
+_LISTEN_LABEL = "listen to the explanation: only the top salient time-frequency bins, resynthesised"
+
+
+def _labelled(label: str) -> str:
+    """``aria-label`` (for screen readers: the button has no text) and ``title`` (tooltip)."""
+    escaped = html.escape(label, quote=True)
+    return f"aria-label='{escaped}' title='{escaped}'"
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.2em auto;max-width:1200px;color:#222;padding:0 1em}
 h1{font-size:1.3em}h2{font-size:1.05em;margin-top:1.4em}
@@ -426,7 +489,9 @@ h1{font-size:1.3em}h2{font-size:1.05em;margin-top:1.4em}
 .word,.token{cursor:pointer;padding:.15em .3em;border-radius:4px;background:#eef}
 .word.special,.token.special{background:#eee;color:#777}
 .word.active,.token.active{background:#d44842;color:#fff}
-.play-word,.listen-word{font-size:.7em;margin-left:.1em;cursor:pointer;border:1px solid #bbb;border-radius:3px;background:#fff}
+.play-word,.listen-word{margin-left:.1em;padding:1px 3px;line-height:0;vertical-align:middle;cursor:pointer;border:1px solid #bbb;border-radius:3px;background:#fff;color:#222}
+.icon{display:inline-block;vertical-align:middle}
+.note .icon{width:1em;height:1em;vertical-align:-.15em}
 #tokens .token{font-size:.85em;margin-right:.2em}
 #plot{display:flex;gap:.4em}
 #faxis{position:relative;width:3.2em;font-size:.72em;color:#555}
@@ -464,6 +529,13 @@ function decode(b64){
   return out;
 }
 var cache = {};
+var MUTED = 0.15;
+function countBits(bits, n){
+  var count = 0;
+  for (var i = 0; i < n; i++) count += (bits[i >> 3] >> (7 - (i & 7))) & 1;
+  return count;
+}
+if (D.significance){ document.getElementById("significance").textContent = D.significance; }
 function levels(key, b64){ if(!(key in cache)) cache[key] = decode(b64); return cache[key]; }
 function drawBackground(){
   var ctx = bg.getContext("2d"), img = ctx.createImageData(W, H);
@@ -479,13 +551,17 @@ function drawOverlay(key, item){
   current = [key, item];
   var v = levels(key, item.map), ctx = ov.getContext("2d"), img = ctx.createImageData(W, H);
   var a = parseFloat(alphaInput.value);
+  var sig = item.sig ? levels(key + ":sig", item.sig) : null;
   for (var m = 0; m < H; m++) for (var t = 0; t < W; t++){
-    var q = v[m * W + t], c = D.lut[q], p = ((H - 1 - m) * W + t) * 4;
+    var i = m * W + t, q = v[i], c = D.lut[q], p = ((H - 1 - m) * W + t) * 4;
     img.data[p] = c[0]; img.data[p+1] = c[1]; img.data[p+2] = c[2];
-    // Low saliency is more transparent so the spectrogram stays readable.
-    img.data[p+3] = Math.round(255 * a * Math.min(1, 0.25 + q / 255));
+    // Low saliency is more transparent so the spectrogram stays readable; what is not
+    // significant is drawn faint (MUTED of its opacity).
+    var keep = sig === null || (sig[i >> 3] >> (7 - (i & 7))) & 1;
+    img.data[p+3] = Math.round(255 * a * Math.min(1, 0.25 + q / 255) * (keep ? 1 : MUTED));
   }
   ctx.putImageData(img, 0, 0);
+  ov.dataset.significant = sig === null ? "" : String(countBits(sig, W * H));
 }
 function clearActive(){
   document.querySelectorAll(".active").forEach(function(e){ e.classList.remove("active"); });
@@ -495,7 +571,7 @@ function select(kind, index){
   var item;
   if (kind === "word"){
     item = D.words[index];
-    if (item.ref !== undefined) item = Object.assign({}, item, {map: D.tokens[item.ref].map, key: "token:" + item.ref});
+    if (item.ref !== undefined) item = Object.assign({}, item, {map: D.tokens[item.ref].map, sig: D.tokens[item.ref].sig, key: "token:" + item.ref});
     document.querySelectorAll('.word[data-word-index="' + index + '"]').forEach(function(e){ e.classList.add("active"); });
     item.tokens.forEach(function(k){
       document.querySelectorAll('.token[data-token-index="' + k + '"]').forEach(function(e){ e.classList.add("active"); });
@@ -578,6 +654,8 @@ document.body.dataset.ready = "1";
 })();
 """
 
+_METADATA_HEADING = "<h2>Run metadata</h2>"
+
 _TEMPLATE = (
     "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
     "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -587,8 +665,11 @@ _TEMPLATE = (
     "<h1>SPES explanation: {title}</h1>"
     "{audio}"
     "<h2>Transcript</h2><div id='transcript'>{words}</div>"
-    "<p class='note'>Click a word to show its saliency (subword tokens merged by max); &#9654; plays its "
-    "salient region (the frames around its saliency peak in its top {top_percent}%); &#128266; plays the "
+    "<p class='note'>Click a word to show its saliency (subword tokens merged by max); "
+    + _PLAY_ICON
+    + " plays its salient region (the frames around its saliency peak in its top {top_percent}%); "
+    + _LISTEN_ICON
+    + " plays the "
     "listenable explanation: the audio resynthesised from only the word's most salient time-frequency "
     "bins (original phase).</p>"
     "<div id='tokens'>Tokens: {tokens}</div>"
@@ -602,7 +683,8 @@ _TEMPLATE = (
     "data-active-token=''></canvas><div id='playhead'></div></div></div>"
     "<div id='taxis'>{time_ticks}</div><div id='align'></div>"
     "<p class='note'>Time in seconds; frequency axis on the Slaney mel scale, labelled in Hz. Grey: log-mel "
-    "input; colour: saliency, each map scaled to its own range. Click the spectrogram to seek.</p>"
+    "input; colour: saliency, each map scaled to its own range. Click the spectrogram to seek. "
+    "<span id='significance'></span></p>"
     "<h2>Token map</h2>{token_map}"
     "<h2>Run metadata</h2><table id='meta'>{metadata}</table>"
     "<script type='application/json' id='spes-data'>{payload}</script>"

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captum_spes.errors import InputError, InputTypeError
+
 __all__ = [
     "MaskLevel",
     "MaskFamily",
@@ -124,15 +126,15 @@ class SLICMasks(MaskFamily):
     ) -> None:
         n_segments = [int(n) for n in n_segments]
         if not n_segments or any(n < 1 for n in n_segments):
-            raise ValueError(f"n_segments must be a non-empty sequence of positive ints, got {n_segments}")
+            raise InputError(f"n_segments must be a non-empty sequence of positive ints, got {n_segments}")
         if compactness <= 0:
-            raise ValueError(f"compactness must be > 0, got {compactness}")
+            raise InputError(f"compactness must be > 0, got {compactness}")
         if sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
+            raise InputError(f"sigma must be >= 0, got {sigma}")
         if reference_duration < 1:
-            raise ValueError(f"reference_duration must be >= 1 frame, got {reference_duration}")
+            raise InputError(f"reference_duration must be >= 1 frame, got {reference_duration}")
         if threshold_duration is not None and threshold_duration < 1:
-            raise ValueError(f"threshold_duration must be >= 1 frame or None, got {threshold_duration}")
+            raise InputError(f"threshold_duration must be >= 1 frame or None, got {threshold_duration}")
         self.n_segments = n_segments
         self.compactness = float(compactness)
         self.sigma = float(sigma)
@@ -197,7 +199,7 @@ def _group_ids(length: int, group: int) -> Tensor:
 def _check_group_sizes(sizes: int | Sequence[int], argument: str) -> list[int]:
     values = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]
     if not values or any((not isinstance(v, int)) or v < 1 for v in values):
-        raise ValueError(f"{argument} must be a positive int or a sequence of them, got {sizes!r}")
+        raise InputError(f"{argument} must be a positive int or a sequence of them, got {sizes!r}")
     return values
 
 
@@ -283,10 +285,10 @@ class CustomMasks(MaskFamily):
     def __init__(self, feature_masks: Tensor | Sequence[Tensor]) -> None:
         masks = [feature_masks] if isinstance(feature_masks, Tensor) else list(feature_masks)
         if not masks:
-            raise ValueError("feature_mask must hold at least one label map")
+            raise InputError("feature_mask must hold at least one label map")
         for i, mask in enumerate(masks):
             if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex():
-                raise TypeError(
+                raise InputTypeError(
                     f"feature_mask[{i}] must be an integer tensor of segment ids "
                     f"(Captum's convention), got {getattr(mask, 'dtype', type(mask))}"
                 )
@@ -326,7 +328,7 @@ class CustomMasks(MaskFamily):
             try:
                 labels = torch.broadcast_to(mask, shape)
             except RuntimeError:
-                raise ValueError(
+                raise InputError(
                     f"feature_mask[{i}] of shape {tuple(mask.shape)} does not broadcast to the "
                     f"speech frames (n_mels, n_frames) = {shape}; give ids over the audio frames "
                     "only (the padding is never perturbed)"
@@ -350,7 +352,7 @@ MASK_FAMILIES: dict[str, Callable[..., MaskFamily]] = {
 def register_mask_family(name: str, factory: Callable[..., MaskFamily]) -> None:
     """Make ``feature_mask=name`` build masks with ``factory()``."""
     if not isinstance(name, str) or not name:
-        raise ValueError("name must be a non-empty string")
+        raise InputError("name must be a non-empty string")
     MASK_FAMILIES[name] = factory
 
 
@@ -365,7 +367,7 @@ def resolve_mask_family(feature_mask: None | str | MaskFamily | Tensor | Sequenc
         return feature_mask
     if isinstance(feature_mask, str):
         if feature_mask not in MASK_FAMILIES:
-            raise ValueError(
+            raise InputError(
                 f"feature_mask={feature_mask!r} is not a registered mask family; choose one of "
                 f"{sorted(MASK_FAMILIES)}, pass a MaskFamily, or integer id tensors"
             )
@@ -374,7 +376,7 @@ def resolve_mask_family(feature_mask: None | str | MaskFamily | Tensor | Sequenc
         isinstance(feature_mask, (list, tuple)) and all(isinstance(m, Tensor) for m in feature_mask)
     ):
         return CustomMasks(feature_mask)
-    raise TypeError(
+    raise InputTypeError(
         "feature_mask must be None (multi-scale SLIC), a family name "
         f"{sorted(MASK_FAMILIES)}, a MaskFamily, or integer id tensors; got {type(feature_mask)}"
     )

@@ -1,0 +1,136 @@
+"""Coarse-to-fine SPES: the design, the two-stage map by hand, and known answers end to end."""
+
+import pytest
+import torch
+from helpers import REGIONS, ToySpeechModel, tiny_whisper, toy_features, whisper_features
+
+from captum_spes import SPES, CoarseToFine, CustomMasks, InputError, SpeechSeq2SeqWrapper
+from captum_spes._core.coarse_to_fine import nest
+from captum_spes._core.utterance import Utterance
+from captum_spes.adapters import InputLayout
+
+
+def test_nest_assigns_each_fine_segment_to_the_coarse_one_holding_most_of_it():
+    fine = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    coarse = torch.tensor([[5, 5, 5, 7, 7, 7]])  # fine 1 is split 1:1 -> the first maximum
+    assert nest(fine, coarse).tolist() == [0, 0, 1]
+    coarse = torch.tensor([[3, 3, 9, 9, 9, 9]])
+    assert nest(fine, coarse).tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"coarse_fraction": 1.0}, "coarse_fraction must be in"),
+        ({"masks_per_cell": 0}, "masks_per_cell must be a positive number"),
+        ({"refine_from": 1}, "refine_from must be an int"),
+        ({"outside": "noise"}, "outside must be one of"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        CoarseToFine(**kwargs)
+
+
+def _utterance(n_frames=8):
+    speech = torch.arange(4 * n_frames, dtype=torch.float32).reshape(1, 4, n_frames)
+    return Utterance.prepare(speech, InputLayout("mel_first"))
+
+
+def _levels(n_frames=8):
+    # Atoms: 2-frame columns (4 mels each).
+    return CustomMasks(torch.arange(n_frames)[None, :] // 2).segment(torch.zeros(4, n_frames))
+
+
+def test_two_stage_map_by_hand(monkeypatch):
+    # 4 atoms (2-frame columns of 4 mels: 8 elements) in 2 cells (atoms 0-1, atoms 2-3: 16 elements).
+    monkeypatch.setattr(
+        "captum_spes._core.coarse_to_fine._coarse_labels",
+        lambda utterance, levels, n: (torch.arange(8)[None, :] // 4).expand(4, 8),
+    )
+    settings = dict(coarse_fraction=0.5, masks_per_cell=1.0, masks_per_atom=2.0, refine_from=4)
+    estimator = CoarseToFine(**settings).bind(1, [4], "cpu")
+    stages = estimator.plan(_utterance(), _levels(), 8, 0.5)
+    coarse = next(stages)
+    assert coarse.name == "coarse" and coarse.num_segments == 2 and coarse.n_masks == 4
+    # Stage 1. Cell 0: occluded {4, 6}, kept {1, 1}: effect 4, z = 4 / sqrt(2/2 + 0) = 4.
+    # Cell 1: occluded {6, 1}, kept {4, 1}: effect 1, z = 1 / sqrt(12.5/2 + 4.5/2) = 0.34.
+    estimator.add(0, torch.tensor([[4.0], [6.0], [1.0], [1.0]]), torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]]).bool())
+    refine = next(stages)
+    # Budget: 4 refine masks / 2 per atom = 2 atoms: cell 0 (the better) is refined, cell 1 kept.
+    assert refine.name == "refine" and refine.n_masks == 4 and estimator.design["refined_cells"] == 1
+    assert refine.probabilities.tolist() == [0.5, 0.5, 0.0]  # atoms 0, 1; kept cell 1 never occluded
+    # Stage 2, a balanced design on atoms 0 and 1, impact 1 + 2 x0: atom 0 effect 3 - 1 = 2,
+    # atom 1 effect 2 - 2 = 0.
+    flags = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0]]).bool()
+    estimator.add(1, torch.tensor([[3.0], [3.0], [1.0], [1.0]]), flags)
+    with pytest.raises(StopIteration):
+        next(stages)
+    estimate = estimator.finalize([coarse.labels, refine.labels])
+    # Cell effects 4 and 1. Scale = stage-1 effect of the refined cell (4) over stage-2 effect of
+    # its atoms (2) = 2. Atom detail = (mean cell size / atom size) x atom effect - the cell's
+    # stage-2 total (both cells hold 16 elements): atom 0: 2 x 2 - 2 = 2, atom 1: 2 x 0 - 2 = -2.
+    # Values: 4 + 2 x 2 = 8 and 4 - 2 x 2 = 0: the cell's mean stays 4.
+    torch.testing.assert_close(estimate.attribution[0, 0, ::2], torch.tensor([8.0, 0.0, 1.0, 1.0]))
+    assert estimate.num_units == 3 and estimate.units[0].tolist() == [0, 0, 1, 1, 2, 2, 2, 2]
+    # z: atom 0 from stage 2 (constant groups 3 vs 1: +inf), atom 1 0, cell 1 from stage 1.
+    assert estimate.z[0, 0] == float("inf") and estimate.z[0, 1] == 0
+    assert estimate.z[0, 2].item() == pytest.approx(1 / (8.5**0.5))
+    # Standard errors: the refined atoms' in stage-1 units (scale 2, mean cell / atom size 2); atom 1's
+    # stage-2 groups {3, 1} and {3, 1} have variance 2 each: sqrt(2/2 + 2/2) = sqrt(2).
+    assert estimate.standard_error[0, 1].item() == pytest.approx(2 * 2 * 2**0.5)
+    assert estimate.info["refined_atoms"] == 2 and estimate.info["cells"] == 2
+
+
+def test_budget_below_refine_from_goes_to_the_coarse_stage():
+    result = SPES(SpeechSeq2SeqWrapper(ToySpeechModel())).attribute(
+        toy_features(), feature_mask="element", n_masks=200, token_p=None, estimator=CoarseToFine(masks_per_cell=10)
+    )
+    design = result.metadata["estimator"]
+    assert design["coarse_masks"] == 200 and design["refine_masks"] == 0
+    assert result.metadata["masks_per_level"] == [200] and result.num_units == design["cells"]
+
+
+def test_coarse_to_fine_localises_known_regions_and_its_significance_holds():
+    estimator = CoarseToFine(refine_from=500, masks_per_cell=20.0, masks_per_atom=2.0)
+    result = SPES(SpeechSeq2SeqWrapper(ToySpeechModel())).attribute(
+        toy_features(), feature_mask="element", n_masks=1200, token_p=None, estimator=estimator, seed=2
+    )
+    design = result.metadata["estimator"]
+    assert design["coarse_masks"] == 300 and design["refine_masks"] == 900 and design["refined_atoms"] > 0
+    significant = result.significance()
+    for k, (mels, frames) in enumerate(REGIONS):
+        inside = torch.zeros(8, 20, dtype=torch.bool)
+        inside[mels, frames] = True
+        size = int(inside.sum())
+        top = result.spectrogram_attr[k].flatten().topk(size).indices
+        assert inside.flatten()[top].all(), f"token {k}: top elements outside its region"
+        assert significant[k][inside].float().mean() >= 0.8
+        assert (significant[k] & ~inside).sum() <= 2
+
+
+def test_refuses_what_it_cannot_do():
+    spes = SPES(SpeechSeq2SeqWrapper(tiny_whisper()))
+    with pytest.raises(InputError, match='takes a fixed budget: pass n_masks=<int>, not "auto"'):
+        spes.attribute(whisper_features(), n_masks="auto", estimator="coarse_to_fine")
+    with pytest.raises(InputError, match='token_masks="joint" is not supported'):
+        spes.attribute(whisper_features(), n_masks=8, estimator="coarse_to_fine", token_masks="joint")
+
+
+def test_results_do_not_depend_on_the_batch_size():
+    runs = [
+        SPES(SpeechSeq2SeqWrapper(ToySpeechModel())).attribute(
+            toy_features(),
+            feature_mask="element",
+            n_masks=600,
+            token_p=0.5,
+            estimator=CoarseToFine(refine_from=500, masks_per_cell=20.0),
+            perturbations_per_eval=per_eval,
+        )
+        for per_eval in (1, 7, 64)
+    ]
+    for other in runs[1:]:
+        torch.testing.assert_close(other.spectrogram_attr, runs[0].spectrogram_attr, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(other.spectrogram_z, runs[0].spectrogram_z, rtol=1e-4, atol=1e-5, equal_nan=True)
+        assert other.metadata["estimator"] == runs[0].metadata["estimator"]
+    assert runs[0].token_attr is not None and runs[0].metadata["estimator"]["name"] == "coarse_to_fine"
