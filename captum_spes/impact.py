@@ -149,9 +149,14 @@ class ContrastiveImpact:
 
     Examples::
 
-        >>> measure = ContrastiveImpact({0: tokenizer(" she").input_ids[0]})
-        >>> result = SPES(wrapper).attribute(features, target=hypothesis, impact=measure)
-        >>> result.spectrogram_attr[0]  # where the audio made the model say "he", not "she"
+        >>> from captum_spes import SPES, ContrastiveImpact
+        >>> hypothesis = wrapper.set_hypothesis(features)  # ' He was not an old-sposed young man.'
+        >>> measure = ContrastiveImpact.from_text(hypothesis, ["He:She"], processor.tokenizer)
+        >>> result = SPES(wrapper).attribute(
+        ...     features, target=hypothesis, impact=measure, n_masks=24, token_p=None, num_samples=len(audio)
+        ... )
+        >>> result.spectrogram_attr[0].shape  # row 0: where the audio argued for "He" rather than "She"
+        torch.Size([80, 301])
     """
 
     def __init__(self, contrasts: Mapping[int, int] | Sequence[Contrast], kind: str = "margin") -> None:

@@ -95,6 +95,12 @@ def _readme_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
+def test_readme_sketches_say_what_they_need() -> None:
+    # ```py blocks are not run: each must say which weights it needs that cannot be shipped.
+    for block in re.findall(r"```py\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S):
+        assert block.startswith("# needs:"), block
+
+
 def test_readme_python_blocks_run(namespace: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = _readme_blocks()
     assert blocks, "the README has no Python example"

@@ -5,8 +5,8 @@ With fewer masks than segments, every segment's estimate is mostly noise: the pu
 design (about 1 500 SLIC segments per level for a 3 s clip) needs its 20 000 masks. This
 estimator chooses its own design in two stages:
 
-1. **Coarse**: the mask family's finest units (the *atoms*, e.g. the published SLIC
-   superpixels) are grouped into ``round(n_coarse / masks_per_cell)`` coarse cells (SLIC on
+1. **Coarse**: the segments of the mask family's finest level (the *atoms*, e.g. the
+   published SLIC superpixels) are grouped into ``round(n_coarse / masks_per_cell)`` coarse cells (SLIC on
    the same image, each atom assigned to the cell holding most of it), and ``n_coarse`` masks
    occlude cells independently with probability ``p``. Unknowns matched to the budget give
    every cell a precise estimate.
@@ -160,7 +160,10 @@ class CoarseToFine(Estimator):
         return self._stages(utterance, levels, n_masks, p)
 
     def _stages(self, utterance: Utterance, levels: Sequence[MaskLevel], n_masks: int, p: float) -> Iterator[MaskStage]:
-        atoms, _ = units_of([lv.labels for lv in levels])
+        # The finest level's segments: the intersection of nearly identical SLIC levels (the
+        # published ones return 1489 / 1489 / 1486 segments on a 3 s clip) is mostly slivers.
+        finest = max(levels, key=lambda level: level.num_segments)
+        atoms, _ = units_of([finest.labels])
         num_atoms = int(atoms.max()) + 1
         n_coarse = n_masks if n_masks < self.refine_from else max(2, math.ceil(self.coarse_fraction * n_masks))
         cells_wanted = min(num_atoms, max(2, round(n_coarse / self.masks_per_cell)))

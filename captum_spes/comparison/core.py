@@ -205,8 +205,9 @@ def compare(
         >>> report = compare(SpeechSeq2SeqWrapper(model, processor), features, methods=["spes", "random"],
         ...                  n_masks=16, metrics=["size"])
         >>> print(report.to_markdown())
-        Hypothesis: ' He was not an old-sposed young man.' (12 tokens, 3.00 s)
-        ...
+        Hypothesis: 'He was not an old-sposed young man.' (12 tokens, 3.00 s)
+        <BLANKLINE>
+        | method | forward | backward | seconds | deletion AUC (WER, higher=better) | ...
         >>> fig, axes = report.plot()
     """
     names = _check_names(methods, list(METHODS), "methods")
