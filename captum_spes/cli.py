@@ -185,6 +185,29 @@ def _auto_rule() -> Any:
     return AUTO_RULE if AUTO_RULE is not None else AdaptiveMasks()
 
 
+def _level_argument(value: str) -> float | None:
+    """argparse type of ``--significance``: a level in (0, 1) or "none"."""
+    if value == "none":
+        return None
+    try:
+        level = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a level in (0, 1) such as 0.05, or 'none'; got {value!r}") from None
+    if not 0 < level < 1:
+        raise argparse.ArgumentTypeError(f"must be a level in (0, 1) such as 0.05, or 'none'; got {value!r}")
+    return level
+
+
+def _estimator_option(name: str | None) -> str | None:
+    from captum_spes import ESTIMATORS
+
+    if name is not None and name not in ESTIMATORS:
+        raise CLIError(
+            f"--estimator {name!r} is not a registered estimator; choose one of {', '.join(sorted(ESTIMATORS))}"
+        )
+    return name
+
+
 def _positive_int(value: int, option: str) -> int:
     if value < 1:
         raise CLIError(f"{option} must be a positive integer, got {value}")
@@ -328,6 +351,8 @@ def _explain_waveform(
     source: str,
     before_attribution: Callable[[float, float], None] | None = None,
     contrast: Sequence[str] | None = None,
+    estimator: str | None = None,
+    significance: float | None = 0.05,
 ) -> _Explained:
     """Transcribe, estimate, explain and write every output; print progress lines."""
 
@@ -383,6 +408,7 @@ def _explain_waveform(
         seed=seed,
         num_samples=int(waveform.shape[0]),  # the exact speech frames (padding detection is a fallback)
         utterance_id=source,
+        **({} if estimator is None else {"estimator": estimator}),
     )
     result = SPES(wrapper).attribute(features, **attribution_options)
     seconds = time.perf_counter() - started
@@ -403,7 +429,15 @@ def _explain_waveform(
     # Figures draw the canonical view the maps cover (e.g. a waveform model's STFT).
     shown = wrapper.adapter.utterance_layout(features).to_canonical(features)[None]
     files = _write_outputs(
-        result, waveform, shown, out, words=words, listen=listen, overwrite=overwrite, contrast=(contrastive, measure)
+        result,
+        waveform,
+        shown,
+        out,
+        words=words,
+        listen=listen,
+        overwrite=overwrite,
+        contrast=(contrastive, measure),
+        significance=significance,
     )
     return _Explained(result, seconds, batch_s, token_s, files)
 
@@ -418,6 +452,7 @@ def _write_outputs(
     listen: bool,
     overwrite: bool,
     contrast: tuple[Any, Any] = (None, None),
+    significance: float | None = 0.05,
 ) -> list[Path]:
     """Save the explanation, the figures, the HTML page and (``listen``) the WAVs; with a
     contrastive result, also that result and its panel in the HTML page."""
@@ -440,7 +475,7 @@ def _write_outputs(
         files.append(contrastive.save(out / "contrastive.safetensors", overwrite=overwrite))
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), gridspec_kw={"height_ratios": [3, 2]})
-    plot_utterance_map(result, features_cpu, plt_fig_axis=(fig, top))
+    plot_utterance_map(result, features_cpu, plt_fig_axis=(fig, top), significance=significance)
     plot_time_profile(result, words, plt_fig_axis=(fig, bottom))
     files.append(save_figure(fig, out / "overview.png"))
 
@@ -449,7 +484,7 @@ def _write_outputs(
     rows = max(num_words, 1)
     fig, axes = plt.subplots(rows, 1, figsize=(9, 2.6 * rows), squeeze=False)
     for index in range(num_words):
-        plot_word_saliency(result, index, features_cpu, plt_fig_axis=(fig, axes[index, 0]))
+        plot_word_saliency(result, index, features_cpu, plt_fig_axis=(fig, axes[index, 0]), significance=significance)
     if num_words == 0:
         axes[0, 0].set_axis_off()
     files.append(save_figure(fig, out / "words.png"))
@@ -469,6 +504,7 @@ def _write_outputs(
             overwrite=overwrite,
             contrast=contrastive,
             contrast_foils={c.position: c.foil_text for c in measure.contrasts} if measure is not None else None,
+            significance=significance,
         )
     )
     if listen:
@@ -545,6 +581,8 @@ def _run_options(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         seed=args.seed,
         listen=args.listen,
         overwrite=args.overwrite,
+        estimator=_estimator_option(args.estimator),
+        significance=args.significance,
     )
     if args.seed < 0:
         raise CLIError(f"--seed must be a non-negative integer, got {args.seed}")
@@ -698,6 +736,19 @@ def _add_run_options(parser: argparse.ArgumentParser, *, n_masks: int, batch_siz
         "--batch-size", type=int, default=batch_size, help=f"masks per forward pass (default: {batch_size})"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random masks (default: 0)")
+    parser.add_argument(
+        "--estimator",
+        default=None,
+        help="how the masks' impacts become a map: coarse_to_fine or reference (the published estimator and "
+        "design); default: the library's (see docs/method.md)",
+    )
+    parser.add_argument(
+        "--significance",
+        type=_level_argument,
+        default=0.05,
+        help="figures and report draw what is not significant at this level faint (Benjamini-Hochberg per token); "
+        "'none' draws every element alike (default: 0.05)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
     parser.add_argument(
         "--out",

@@ -24,14 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from captum_spes import SPES, CoarseToFine, SpeechSeq2SeqWrapper, SPESResult
+from captum_spes import SPES, CoarseToFine, Estimator, SpeechSeq2SeqWrapper, SPESResult
+from captum_spes._core.estimators import ReferenceEstimator, resolve_estimator
+from captum_spes._core.utterance import Utterance
 from captum_spes.comparison import compare
 from captum_spes.data import load_sample
+from captum_spes.masks import SLICMasks
 from captum_spes.metrics import (
     deletion_curve,
     insertion_curve,
@@ -60,6 +64,50 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "coarse_to_fine_half": {"estimator": CoarseToFine(coarse_fraction=0.5)},
     "coarse_to_fine_fine_atoms": {"estimator": CoarseToFine(masks_per_atom=1.0)},
 }
+
+
+class Recording(Estimator):
+    """Passes everything to ``inner`` and keeps every batch it receives, so that other
+    settings of the same estimator can be replayed offline on exactly these masks."""
+
+    def __init__(self, inner: Estimator) -> None:
+        super().__init__()
+        self.inner = inner
+        self.name = inner.name
+
+    def bind(self, num_targets: int, segments_per_level: Any, device: Any) -> Estimator:
+        bound = Recording(self.inner.bind(num_targets, segments_per_level, device))
+        bound.batches = []
+        bound._bound = True
+        return bound
+
+    def _allocate(self) -> None:  # the inner estimator holds the sums
+        pass
+
+    def add(self, level: int, scores: torch.Tensor, occluded: torch.Tensor) -> None:
+        self.batches.append((level, scores.detach().cpu().float(), occluded.detach().cpu().bool()))
+        self.inner.add(level, scores, occluded)
+
+    def merge(self, other: Estimator) -> None:
+        self.inner.merge(other.inner if isinstance(other, Recording) else other)
+
+    def masks_seen(self) -> int:
+        return self.inner.masks_seen()
+
+    def plan(self, utterance: Any, levels: Any, n_masks: int, p: float) -> Any:
+        return self.inner.plan(utterance, levels, n_masks, p)
+
+    def finalize(self, labels: Any) -> Any:
+        return self.inner.finalize(labels)
+
+    def config(self) -> dict[str, Any]:
+        return self.inner.config()
+
+    def for_tokens(self) -> Estimator:
+        return self.inner.for_tokens()
+
+    def save(self, path: Path) -> None:
+        torch.save([(level, scores, occluded) for level, scores, occluded in self.batches], path)
 
 
 class Study:
@@ -93,6 +141,17 @@ class Study:
         if path.exists():
             return
         started = time.perf_counter()
+        settings = dict(CONFIGS[config])
+        recorder = Recording(resolve_estimator(settings.pop("estimator", "reference")))
+        recorded: list[Recording] = []
+        original_bind = recorder.bind
+
+        def bind(*args: Any) -> Estimator:
+            bound = original_bind(*args)
+            recorded.append(bound)
+            return bound
+
+        recorder.bind = bind  # type: ignore[method-assign]
         result = SPES(self.wrapper).attribute(
             self.features(clip),
             n_masks=budget,
@@ -101,9 +160,12 @@ class Study:
             perturbations_per_eval=self.batch_size,
             num_samples=int(self.sample(clip).waveform.shape[0]),
             utterance_id=clip,
-            **CONFIGS[config],
+            estimator=recorder,
+            **settings,
         )
         result.save(path)
+        # The spectrogram estimator is the first one bound (the token map's comes after).
+        recorded[0].save(path.with_suffix(".trace.pt"))
         print(f"{path.name}: {time.perf_counter() - started:.0f} s, {result.num_units} units", flush=True)
 
 
@@ -143,57 +205,126 @@ def _metrics(study: Study, results: list[SPESResult], clips: list[str]) -> dict[
     }
 
 
-def report(study: Study, configs: list[str], clips: list[str], budgets: list[int]) -> str:
-    """Markdown tables (and ``report.json``) of every configuration and budget found on disk."""
+#: what the report shows: name -> (recorded configuration, budget, replayed estimator, stages or
+#: masks per level to replay). Smaller budgets are replayed from the recorded 2000-mask runs:
+#: the reference's masks are drawn per level from their own streams, so its first 167/167/166
+#: masks per level *are* a 500-mask run; coarse_to_fine at 500 masks spends them all on the
+#: coarse stage, which is the 2000-mask run's first stage (same cells, same masks).
+VARIANTS: dict[str, tuple[str, int, Any, Any]] = {
+    "reference @ 500": ("reference", 2000, lambda: ReferenceEstimator(), [167, 167, 166]),
+    "reference @ 2000": ("reference", 2000, lambda: ReferenceEstimator(), None),
+    "coarse_to_fine @ 500 (coarse stage only)": ("coarse_to_fine", 2000, lambda: CoarseToFine(), 1),
+    "coarse_to_fine @ 2000": ("coarse_to_fine", 2000, lambda: CoarseToFine(), None),
+    "coarse_to_fine @ 2000, raw detail": ("coarse_to_fine", 2000, lambda: CoarseToFine(detail="raw"), None),
+}
+
+
+def replay(study: Study, clip: str, trace: Path, make: Any, limit: Any, base: SPESResult) -> SPESResult:
+    """A result of ``make()`` fed with the recorded batches (all of them, the first stages, or
+    the first masks of every level)."""
+    utterance = Utterance.prepare(
+        study.features(clip), study.wrapper.adapter, num_samples=int(study.sample(clip).waveform.shape[0])
+    )
+    levels = SLICMasks().segment(utterance.speech.float())
+    batches = torch.load(trace)
+    estimator = make().bind(base.num_tokens, [lv.num_segments for lv in levels], "cpu")
+    design = estimator.plan(utterance, levels, base.metadata["n_masks"], 0.5)
+    if design is None:
+        seen = [0] * len(levels)
+        for level, scores, occluded in batches:
+            keep = scores.shape[0] if limit is None else max(0, min(scores.shape[0], limit[level] - seen[level]))
+            if keep:
+                estimator.add(level, scores[:keep], occluded[:keep])
+            seen[level] += scores.shape[0]
+        labels = [lv.labels for lv in levels]
+    else:
+        labels = []
+        for stage in design:
+            labels.append(stage.labels)
+            for level, scores, occluded in batches:
+                if level == stage.level:
+                    estimator.add(level, scores, occluded)
+            if limit is not None and len(labels) >= limit:
+                break
+    estimate = estimator.finalize(labels)
+    return replace(
+        base,
+        spectrogram_attr=estimate.attribution,
+        units=estimate.units,
+        unit_occluded=estimate.occluded,
+        spectrogram_se=estimate.standard_error,
+        spectrogram_z=estimate.z,
+        metadata={**base.metadata, "estimator": {**estimate.info}},
+    )
+
+
+def _evaluate(study: Study, clip: str, first: SPESResult, second: SPESResult) -> dict[str, float]:
+    words = study.sample(clip).words
+    plausibility = word_plausibility([first, second], [words, words])
+    return {
+        **seed_agreement(first, second).as_dict(),
+        "pointing": plausibility.pointing_accuracy,
+        "significant_in_span": plausibility.significant_in_span,
+        "significant_share_in_span": plausibility.significant_share_in_span,
+        "matched_words": plausibility.num_matched,
+        **_metrics(study, [first], [clip]),
+    }
+
+
+def report(study: Study, clips: list[str], variants: list[str]) -> str:
+    """Markdown tables (and ``report.json``, a cache) of every variant whose traces exist."""
     cache_path = study.out / "report.json"
     cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     rows = []
-    for config in configs:
-        for budget in budgets:
-            key = f"{config}/{budget}"
-            paths = [(clip, study.path(config, clip, budget, 1), study.path(config, clip, budget, 2)) for clip in clips]
-            if not all(a.exists() and b.exists() for _, a, b in paths):
+    for name in variants:
+        config, budget, make, limit = VARIANTS[name]
+        per_clip = cache.setdefault(name, {})
+        for clip in clips:
+            paths = [study.path(config, clip, budget, seed) for seed in (1, 2)]
+            if clip in per_clip or not all(p.exists() and p.with_suffix(".trace.pt").exists() for p in paths):
                 continue
-            if key not in cache:
-                per_clip = {}
-                for clip, a, b in paths:
-                    first, second = SPESResult.load(a), SPESResult.load(b)
-                    words = study.sample(clip).words
-                    pointing = word_plausibility([first, second], [words, words])
-                    per_clip[clip] = {
-                        **seed_agreement(first, second).as_dict(),
-                        "pointing": pointing.pointing_accuracy,
-                        "matched_words": pointing.num_matched,
-                        **_metrics(study, [first], [clip]),
-                        "forward_passes": first.metadata["forward_passes"],
-                    }
-                cache[key] = per_clip
-                cache_path.write_text(json.dumps(cache, indent=1))
-            rows.append((config, budget, cache[key]))
+            first, second = (
+                replay(study, clip, p.with_suffix(".trace.pt"), make, limit, SPESResult.load(p)) for p in paths
+            )
+            per_clip[clip] = _evaluate(study, clip, first, second)
+            cache_path.write_text(json.dumps(cache, indent=1))
+            print(f"{name} {clip}: {per_clip[clip]}", flush=True)
+        if per_clip:
+            rows.append((name, per_clip))
+    return _tables(rows, study)
+
+
+def _tables(rows: list[tuple[str, dict[str, Any]]], study: Study) -> str:
     lines = [
-        "| configuration | passes | per-token top-5 % overlap | utterance top-5 % overlap | time-profile Spearman "
-        "| units (in a token's top 5 %) | pointing game | deletion WER AUC ↑ | insertion WER AUC ↓ |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| configuration | clips | per-token top-5 % overlap | utterance top-5 % overlap | time-profile Spearman "
+        "| units (in a token's top 5 %) | pointing game | words with a significant region in their span "
+        "| deletion WER AUC ↑ | insertion WER AUC ↓ |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for config, budget, per_clip in rows:
+    for name, per_clip in rows:
         values = list(per_clip.values())
+        words = sum(v["matched_words"] for v in values)
 
-        def mean(name: str, values: list[dict[str, float]] = values) -> float:
-            return sum(v[name] for v in values) / len(values)
+        def mean(key: str, values: list[dict[str, float]] = values) -> float:
+            return sum(v[key] for v in values) / len(values)
 
-        hits = sum(v["pointing"] * v["matched_words"] * 2 for v in values) / sum(2 * v["matched_words"] for v in values)
+        def per_word(key: str, values: list[dict[str, float]] = values, words: int = words) -> float:
+            return sum(v[key] * v["matched_words"] for v in values) / words
+
         lines.append(
-            f"| {config} | {budget} | {mean('top_overlap_tokens'):.2f} | {mean('top_overlap_utterance'):.2f} | "
-            f"{mean('time_spearman_tokens'):.2f} | {mean('units'):.0f} ({mean('top_units'):.1f}) | {hits:.2f} | "
-            f"{mean('deletion'):.1f} | {mean('insertion'):.1f} |"
+            f"| {name} | {len(values)} | {mean('top_overlap_tokens'):.2f} | {mean('top_overlap_utterance'):.2f} | "
+            f"{mean('time_spearman_tokens'):.2f} | {mean('units'):.0f} ({mean('top_units'):.0f}) | "
+            f"{per_word('pointing'):.2f} | {per_word('significant_in_span'):.2f} | {mean('deletion'):.1f} | "
+            f"{mean('insertion'):.1f} |"
         )
     ig = [json.loads(p.read_text()) for p in sorted(study.out.glob("ig*_*.json"))]
     if ig:
         records = [r for item in ig for r in item["records"]]
         passes = sum(r["forward_passes"] for r in records) / len(records)
         lines.append(
-            f"| integrated gradients ({ig[0]['steps']} steps) | {passes:.0f} fwd + bwd | – | – | – | elements | "
-            f"{sum(r['plausibility_pointing'] for r in records) / len(records):.2f} | "
+            f"| integrated gradients ({ig[0]['steps']} steps; {passes:.0f} forward + backward passes per clip) | "
+            f"{len(records)} | – | – | – | elements | "
+            f"{sum(r['plausibility_pointing'] for r in records) / len(records):.2f} | – | "
             f"{sum(r['deletion_auc'] for r in records) / len(records):.1f} | "
             f"{sum(r['insertion_auc'] for r in records) / len(records):.1f} |"
         )
@@ -212,6 +343,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--step", type=float, default=5)
     parser.add_argument("--ig-steps", type=int, default=16)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("study-results/estimators"))
     args = parser.parse_args()
     study = Study(args)
@@ -224,7 +356,7 @@ def main() -> None:
     elif args.command == "ig":
         run_ig(study, args.clips, args.ig_steps)
     else:
-        print(report(study, args.configs, args.clips, args.budgets))
+        print(report(study, args.clips, args.variants))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import torch
 from helpers import REGIONS, ToySpeechModel, tiny_whisper, toy_features, whisper_features
 
 from captum_spes import SPES, CoarseToFine, CustomMasks, InputError, SpeechSeq2SeqWrapper
-from captum_spes._core.coarse_to_fine import nest
+from captum_spes._core.coarse_to_fine import nest, shrinkage
 from captum_spes._core.utterance import Utterance
 from captum_spes.adapters import InputLayout
 
@@ -18,6 +18,15 @@ def test_nest_assigns_each_fine_segment_to_the_coarse_one_holding_most_of_it():
     assert nest(fine, coarse).tolist() == [0, 1, 1]
 
 
+def test_shrinkage_by_hand():
+    # Cell 0: details +-2 with errors 1: variance beyond noise 4 - 1 = 3, weight 3 / (3 + 1).
+    # Cell 1: details +-0.5 with errors 1: no variance beyond noise, weight 0. A NaN error: 0.
+    detail = torch.tensor([[2.0, -2.0, 0.5, -0.5, 3.0]], dtype=torch.float64)
+    error = torch.tensor([[1.0, 1.0, 1.0, 1.0, float("nan")]], dtype=torch.float64)
+    weights = shrinkage(detail, error, torch.tensor([0, 0, 1, 1, 2]), 3)
+    torch.testing.assert_close(weights, torch.tensor([[0.75, 0.75, 0.0, 0.0, 0.0]], dtype=torch.float64))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -25,6 +34,7 @@ def test_nest_assigns_each_fine_segment_to_the_coarse_one_holding_most_of_it():
         ({"masks_per_cell": 0}, "masks_per_cell must be a positive number"),
         ({"refine_from": 1}, "refine_from must be an int"),
         ({"outside": "noise"}, "outside must be one of"),
+        ({"detail": "smooth"}, "detail must be one of"),
     ],
 )
 def test_bad_settings(kwargs, match):
@@ -48,7 +58,7 @@ def test_two_stage_map_by_hand(monkeypatch):
         "captum_spes._core.coarse_to_fine._coarse_labels",
         lambda utterance, levels, n: (torch.arange(8)[None, :] // 4).expand(4, 8),
     )
-    settings = dict(coarse_fraction=0.5, masks_per_cell=1.0, masks_per_atom=2.0, refine_from=4)
+    settings = dict(coarse_fraction=0.5, masks_per_cell=1.0, masks_per_atom=2.0, refine_from=4, detail="raw")
     estimator = CoarseToFine(**settings).bind(1, [4], "cpu")
     stages = estimator.plan(_utterance(), _levels(), 8, 0.5)
     coarse = next(stages)

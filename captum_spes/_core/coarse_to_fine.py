@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["CoarseToFine", "nest"]
 
 OUTSIDE = ("keep", "coarse")
+DETAIL = ("shrunk", "raw")
 
 
 def nest(fine: Tensor, coarse: Tensor) -> Tensor:
@@ -94,6 +95,9 @@ class CoarseToFine(Estimator):
         outside (str): in the refine stage, ``"keep"`` leaves the unrefined cells clean;
             ``"coarse"`` keeps occluding them with probability ``p`` (the context of stage 1).
             Default: "keep"
+        detail (str): ``"shrunk"`` keeps a refined cell's within-cell detail as far as it
+            stands out of its noise (:func:`shrinkage`, per token and cell); ``"raw"`` keeps
+            all of it. Default: "shrunk"
     """
 
     name = "coarse_to_fine"
@@ -105,6 +109,7 @@ class CoarseToFine(Estimator):
         masks_per_atom: float = 2.0,
         refine_from: int = 1000,
         outside: str = "keep",
+        detail: str = "shrunk",
     ) -> None:
         super().__init__()
         if (
@@ -120,11 +125,14 @@ class CoarseToFine(Estimator):
             raise InputError(f"refine_from must be an int >= 2 (a budget in masks), got {refine_from!r}")
         if outside not in OUTSIDE:
             raise InputError(f"outside must be one of {OUTSIDE}, got {outside!r}")
+        if detail not in DETAIL:
+            raise InputError(f"detail must be one of {DETAIL}, got {detail!r}")
         self.coarse_fraction = float(coarse_fraction)
         self.masks_per_cell = float(masks_per_cell)
         self.masks_per_atom = float(masks_per_atom)
         self.refine_from = refine_from
         self.outside = outside
+        self.detail = detail
 
     def config(self) -> dict[str, Any]:
         return {
@@ -134,6 +142,7 @@ class CoarseToFine(Estimator):
             "masks_per_atom": self.masks_per_atom,
             "refine_from": self.refine_from,
             "outside": self.outside,
+            "detail": self.detail,
         }
 
     def for_tokens(self) -> Estimator:
@@ -278,14 +287,43 @@ class CoarseToFine(Estimator):
         # constant, so the same atom effect weighs the same in a small cell as in a large one.
         size = area_cell.mean() / area_unit[:refined]
         detail = size * atom_effect - (area_cell.mean() / area_cell[atom_cells]) * cell_total[:, atom_cells]
+        detail = scale * detail
+        detail_se = scale * size * second["standard_error"][:, :refined]
+        if self.detail == "shrunk":
+            detail = detail * shrinkage(detail, detail_se, atom_cells, cell_effect.shape[1])
         kept_cells = cell_of_unit[refined:]
-        values = torch.cat([cell_effect[:, atom_cells] + scale * detail, cell_effect[:, kept_cells]], dim=1)
-        standard_error = torch.cat(
-            [scale * size * second["standard_error"][:, :refined], first["standard_error"][:, kept_cells]], dim=1
-        )
+        values = torch.cat([cell_effect[:, atom_cells] + detail, cell_effect[:, kept_cells]], dim=1)
+        standard_error = torch.cat([detail_se, first["standard_error"][:, kept_cells]], dim=1)
         z = torch.cat([second["z"][:, :refined], first["z"][:, kept_cells]], dim=1)
         occluded = torch.cat([second["occluded"][:refined], first["occluded"][kept_cells]])
         return values, standard_error, z, occluded
+
+
+def shrinkage(detail: Tensor, standard_error: Tensor, cells: Tensor, num_cells: int) -> Tensor:
+    r"""Empirical-Bayes weights that keep a refined cell's detail only as far as it stands out
+    of its own noise: per token and cell, ``lambda = tau^2 / (tau^2 + se^2)`` with the detail's
+    variance beyond noise ``tau^2 = max(0, mean(detail^2) - mean(se^2))`` over the cell's atoms
+    (James-Stein-type shrinkage toward the cell's value).
+
+    Args:
+        detail, standard_error (Tensor): ``(num_tokens, num_atoms)``; NaN errors shrink fully.
+        cells (Tensor): long ``(num_atoms,)``, each atom's cell.
+        num_cells (int): cells in all.
+
+    Returns:
+        *Tensor* ``(num_tokens, num_atoms)`` in [0, 1].
+    """
+    variance = torch.nan_to_num(standard_error.square(), nan=float("inf"))
+    finite = torch.isfinite(variance)
+    signal = torch.zeros(detail.shape[0], num_cells, dtype=detail.dtype, device=detail.device)
+    noise = torch.zeros_like(signal)
+    count = torch.zeros(num_cells, dtype=detail.dtype, device=detail.device).index_add_(
+        0, cells, torch.ones_like(cells, dtype=detail.dtype)
+    )
+    signal.index_add_(1, cells, torch.where(finite, detail.square(), torch.zeros_like(detail)))
+    noise.index_add_(1, cells, torch.where(finite, variance, torch.zeros_like(variance)))
+    tau = ((signal - noise) / count.clamp_min(1)).clamp_min(0)[:, cells]
+    return torch.where(finite & (tau > 0), tau / (tau + variance), torch.zeros_like(detail))
 
 
 def _coarse_labels(utterance: Utterance, levels: Sequence[MaskLevel], num_cells: int) -> Tensor:
