@@ -151,6 +151,8 @@ def test_other_settings_are_refused_unless_mixing_is_asked_for(
         (["--n-masks", "0"], "--n-masks must be an integer >= 1"),
         (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
         (["--column", "speaker=spk"], "unknown field 'speaker'"),
+        (["--estimator", "median"], "--estimator 'median' is not a registered estimator"),
+        (["--estimator", "coarse_to_fine", "--n-masks", "auto"], "takes a fixed budget: pass --n-masks <int>"),
     ],
 )
 def test_bad_options_are_one_line_errors_before_any_work(

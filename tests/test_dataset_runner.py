@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from captum_spes.dataset.runner import (
     utterance_features,
 )
 from captum_spes.dataset.store import DatasetStore
+from captum_spes.errors import InputError
 from captum_spes.models import load_model
 
 SETTINGS = ExplainSettings(n_masks=16, seed=5, token_p=0.3, batch_size=4)
@@ -65,18 +67,41 @@ def test_checked_settings_name_the_configuration_but_not_the_batch_size() -> Non
     assert checked["n_masks"] == 16 and checked["seed"] == 5 and checked["token_p"] == 0.3
     assert checked["captum_spes"] == __version__ and "batch_size" not in checked
     assert ExplainSettings(batch_size=64).checked() == ExplainSettings(batch_size=1).checked()
+    # The estimator's own settings are part of the configuration, not just its name.
+    assert checked["estimator"] == {"name": "reference"}
+    coarse = ExplainSettings(estimator="coarse_to_fine").checked()["estimator"]
+    assert coarse["name"] == "coarse_to_fine" and coarse["detail"] == "shrunk"
 
 
-def test_explain_utterance_is_spes_with_the_settings_and_records_the_id(tiny: tuple[Path, Any, Any]) -> None:
+def test_settings_that_would_fail_every_utterance_are_refused_up_front() -> None:
+    with pytest.raises(InputError, match="takes a fixed budget"):
+        ExplainSettings(n_masks="auto", estimator="coarse_to_fine").check()
+    with pytest.raises(InputError, match="not a registered estimator"):
+        ExplainSettings(estimator="median").check()
+    ExplainSettings(n_masks="auto").check()
+    ExplainSettings(n_masks=16, estimator="coarse_to_fine").check()
+
+
+@pytest.mark.parametrize("estimator", ["reference", "coarse_to_fine"])
+def test_explain_utterance_is_spes_with_the_settings_and_records_the_id(
+    tiny: tuple[Path, Any, Any], estimator: str
+) -> None:
     _, model, processor = tiny
     spes = SPES(SpeechSeq2SeqWrapper(model, processor))
-    result = explain_utterance(spes, _clip(), SETTINGS)
+    result = explain_utterance(spes, _clip(), replace(SETTINGS, estimator=estimator))
     waveform = load_sample(CLIPS[0]).waveform
     features = utterance_features(waveform, spes.forward_func)
     direct = spes.attribute(
-        features, n_masks=16, seed=5, token_p=0.3, perturbations_per_eval=4, num_samples=waveform.shape[0]
+        features,
+        n_masks=16,
+        seed=5,
+        token_p=0.3,
+        perturbations_per_eval=4,
+        num_samples=waveform.shape[0],
+        estimator=estimator,
     )
     assert result.metadata["utterance_id"] == CLIPS[0]
+    assert result.metadata["estimator"]["name"] == estimator
     assert torch.equal(result.spectrogram_attr, direct.spectrogram_attr)
     assert torch.equal(result.token_attr, direct.token_attr)
 

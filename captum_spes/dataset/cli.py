@@ -106,6 +106,12 @@ def add_dataset_commands(subparsers: Any) -> None:
         default=0.5,
         help="occlusion probability of decoder inputs, or 'none' for no token map (default: 0.5)",
     )
+    explain.add_argument(
+        "--estimator",
+        default="reference",
+        help="how the masks' impacts become a map: reference (the published estimator and design) or "
+        "coarse_to_fine (see docs/method.md) (default: reference)",
+    )
     _decoding_options(explain, "decoding the hypothesis", num_beams=1, no_repeat_ngram_size=0)
     explain.add_argument(
         "--column",
@@ -167,7 +173,7 @@ def _check_counts(args: argparse.Namespace, names: tuple[str, ...], minimum: int
 
 def run_explain_dataset(args: argparse.Namespace) -> int:
     """``captum-spes explain-dataset``; returns the exit status."""
-    from captum_spes.cli import resolve_model
+    from captum_spes.cli import _estimator_option, resolve_model
     from captum_spes.dataset.manifest import read_manifest
     from captum_spes.dataset.runner import ExplainSettings, explain_dataset
 
@@ -180,6 +186,7 @@ def run_explain_dataset(args: argparse.Namespace) -> int:
         n_masks=args.n_masks,
         seed=args.seed,
         token_p=args.token_p,
+        estimator=_estimator_option(args.estimator),
         num_beams=args.num_beams,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
         batch_size=args.batch_size,

@@ -51,6 +51,8 @@ class ExplainSettings:
         token_p (float or None): occlusion probability of a decoder input; None: no token map.
         token_masks (str): "decoupled" or "joint".
         impact (str): impact measure.
+        estimator (str): registered estimator (:data:`~captum_spes.ESTIMATORS`), as
+            ``SPES.attribute``'s; its own settings are checked on rerun too.
         num_beams (int): beams when decoding the hypothesis (1: greedy).
         no_repeat_ngram_size (int): ``generate``'s no-repeat n-gram size (0: off).
         batch_size (int): masks per forward pass; the result does not depend on it.
@@ -63,6 +65,7 @@ class ExplainSettings:
     token_p: float | None = 0.5
     token_masks: str = "decoupled"
     impact: str = "kl"
+    estimator: str = "reference"
     num_beams: int = 1
     no_repeat_ngram_size: int = 0
     batch_size: int = 8
@@ -73,7 +76,29 @@ class ExplainSettings:
 
         values = asdict(self)
         values.pop("batch_size")
+        values["estimator"] = self._estimator().config()
         return {**values, "baseline": "channel_mean", "mask_family": "slic", "captum_spes": __version__}
+
+    def check(self) -> None:
+        """Refuse, before any utterance, settings that would fail every utterance.
+
+        Raises:
+            InputError: for an unregistered estimator, or "auto" masks with an estimator
+                that chooses its own design (it takes a fixed budget).
+        """
+        from captum_spes._core.estimators import Estimator
+
+        estimator = self._estimator()
+        if self.n_masks == "auto" and type(estimator).plan is not Estimator.plan:
+            raise InputError(
+                f"--estimator {self.estimator} chooses its own masks and takes a fixed budget: pass --n-masks <int>, "
+                "not auto (or use --estimator reference with --n-masks auto)"
+            )
+
+    def _estimator(self) -> Any:
+        from captum_spes._core.estimators import resolve_estimator
+
+        return resolve_estimator(self.estimator)
 
 
 @dataclass
@@ -151,6 +176,7 @@ def explain_utterance(spes: Any, utterance: Utterance, settings: ExplainSettings
         token_p=settings.token_p,
         token_masks=settings.token_masks,
         impact=settings.impact,
+        estimator=settings.estimator,
         perturbations_per_eval=settings.batch_size,
         generate_kwargs=generate_kwargs(utterance, settings.num_beams, settings.no_repeat_ngram_size) or None,
         num_samples=int(waveform.shape[0]),  # the exact speech frames, as captum-spes explain
@@ -268,10 +294,12 @@ def explain_dataset(
         *RunSummary* on rank 0; None on the other ranks.
 
     Raises:
+        InputError: for settings that would fail every utterance (:meth:`ExplainSettings.check`).
         SettingsMismatchError: if ``out`` holds results made with other settings.
         DirectoryInUseError: if another run writes into ``out``.
     """
     check_unique_keys(u.id for u in utterances)
+    settings.check()
     store = DatasetStore(out)
     context = initialize()
     try:
