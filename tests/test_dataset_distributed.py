@@ -203,3 +203,38 @@ def test_torchrun_evaluation_equals_one_process(corpus: dict[str, Path], tmp_pat
     assert (distributed / "summary.md").read_text() == (single / "summary.md").read_text()
     ranks = {json.loads(line)["rank"] for p in (distributed / "index").iterdir() for line in p.read_text().splitlines()}
     assert ranks == {0, 1}
+
+
+def test_a_missing_and_a_corrupt_file_under_torchrun_are_marked_failed(corpus: dict[str, Path], tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00not really a wave file")
+    rows = [
+        *clip_rows(CLIPS[:2]),
+        {"id": "missing", "audio": str(tmp_path / "nowhere.wav")},
+        {"id": "corrupt", "audio": str(corrupt)},
+    ]
+    manifest = write_manifest(tmp_path / "bad.csv", rows)
+    out = tmp_path / "bad-run"
+    command = [*TORCHRUN, "-m", "captum_spes", "explain-dataset", str(manifest), "--out", str(out)]
+    done = subprocess.run(
+        [*command, "--model", str(corpus["model"]), *OPTIONS, "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=TORCHRUN_TIMEOUT,
+        env=_environment(),
+    )
+    # Rank 0 exits with status 3 (some failed); torchrun reports a failed rank as 1.
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2 of 4 utterances done, 2 failed" in done.stdout
+    index = DatasetStore(out).read_index()
+    assert [r["id"] for r in index] == [r["id"] for r in rows]  # every id once, failures included
+    statuses = {r["id"]: (r["status"], r["rank"]) for r in index}
+    # Round-robin over the pending rows: ranks 0, 1, 0, 1.
+    assert statuses == {
+        CLIPS[0]: ("done", 0),
+        CLIPS[1]: ("done", 1),
+        "missing": ("failed", 0),
+        "corrupt": ("failed", 1),
+    }
+    errors = {r["id"]: r["error"] for r in index}
+    assert "audio file not found" in errors["missing"] and "could not decode" in errors["corrupt"]
