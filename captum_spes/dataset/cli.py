@@ -51,7 +51,11 @@ def _common_options(parser: argparse.ArgumentParser, *, batch_size: int) -> None
         help="auto: one GPU per rank when CUDA is available, else CPU (default: auto)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads per rank (default: CPU cores / ranks on the node)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per rank (default: CPU cores / ranks on the node); runs agree bit for bit only with "
+        "the same threads per process",
     )
     parser.add_argument(
         "--batch-size", type=int, default=batch_size, help=f"inputs per forward pass (default: {batch_size})"
