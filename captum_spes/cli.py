@@ -818,6 +818,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_compare_arguments(sub)
     sub.set_defaults(func=compare.run_compare)
+    from captum_spes.dataset.cli import add_dataset_commands
+
+    add_dataset_commands(commands)
     for subparser in commands.choices.values():
         # SUPPRESS: without the flag a subcommand leaves the global --debug as parsed.
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
