@@ -85,8 +85,8 @@ PAPER_N_MASKS: int = 20000
 #: Bundled clip explained by ``captum-spes demo``.
 DEMO_SAMPLE: str = "librivox_0880"
 #: Masks used by ``captum-spes demo`` (chosen by measurement on a 2-core CPU, see
-#: :func:`_run_demo`).
-DEMO_N_MASKS: int = 200
+#: :func:`_run_demo`, and by the estimator study: docs/results.md, "Trustworthy maps").
+DEMO_N_MASKS: int = 500
 #: Batch size of ``captum-spes demo`` (8 and 16 rows per batch measured about equal on CPU).
 DEMO_BATCH_SIZE: int = 8
 SAMPLING_RATE: int = 16000
@@ -616,13 +616,14 @@ def _run_explain(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     """Explain a bundled clip with the embedded tiny.en.
 
-    The default of 200 masks was chosen by measurement on the 2-core development machine
-    (shared with other jobs, load average about 8): tiny.en took 1.1-1.6 s per spectrogram
-    mask at batch 8 and 1.2-1.5 s at batch 16 (no gain from the larger batch; its encoder
-    always reads the full 30 s window of 3000 frames, whatever the clip length), plus
-    0.17-0.40 s per decoder-only token mask. 200 + 200 masks therefore take about 3-6 minutes
-    there, and well under that on an idle machine; the published 20 000 would take hours. The
-    printed estimate is measured afresh on every run.
+    The default of 500 masks is the smallest budget at which the estimator study
+    (docs/results.md, "Trustworthy maps") measured both a stable map and a good pointing game
+    with the default coarse-to-fine estimator (125 coarse cells; at 400 masks the pointing game
+    fell to 0.85). tiny.en takes about 0.3 s per spectrogram mask at batch 8 on an idle 2-core
+    CPU (no gain from larger batches; its encoder always reads the full 30 s window of 3000
+    frames, whatever the clip length), and the decoder-only token masks reuse the clean encoder
+    output and its cross-attention projections, so the demo takes about 3 minutes there; the
+    published 20 000 masks would take hours. The printed estimate is measured afresh on every run.
     """
     from captum_spes.data import list_samples, load_sample
 
@@ -638,10 +639,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     def compare_with_paper(batch_s: float, token_s: float) -> None:
         paper = _estimate_seconds(PAPER_N_MASKS, batch_size, batch_s, token_s)
         print(
-            f"Note: this demo uses {n_masks} masks; the method's published configuration uses {PAPER_N_MASKS:,} "
-            f"masks, which would take {_format_duration(paper)} on this machine ({device}, "
-            f"{_threads()} threads; extrapolated from the batch time measured above). "
-            "Fewer masks give noisier maps, not different ones. On a GPU the full configuration "
+            f"Note: this demo uses {n_masks} masks (coarse-to-fine estimator unless --estimator says otherwise: "
+            "coarse cells matched to the budget; what is not significant is drawn faint). The method's published "
+            f"configuration (--estimator reference, {PAPER_N_MASKS:,} masks) would take {_format_duration(paper)} "
+            f"on this machine ({device}, {_threads()} threads; extrapolated from the batch time measured above). "
+            "On a GPU the full configuration "
             "is practical: tiny.en explained 20 000 masks in 24-27 s per utterance on an NVIDIA "
             "H200 (float32, batches of 128; docs/results.md). Use: captum-spes explain AUDIO "
             "--device cuda --n-masks 20000 --batch-size 128, or --n-masks auto to stop when the "

@@ -172,6 +172,12 @@ CLI_CASES: dict[str, CLICase] = {
         "{clip}", "--seed", "-1", code=1, fragment="--seed must be a non-negative integer, got -1"
     ),
     "explain/option/seed=x": explain("{clip}", "--seed", "x", code=2, fragment="argument --seed: invalid int value"),
+    "explain/option/estimator=median": explain(
+        "{clip}", "--estimator", "median", code=1, fragment="--estimator 'median' is not a registered estimator"
+    ),
+    "explain/option/significance=2": explain(
+        "{clip}", "--significance", "2", code=2, fragment="must be a level in (0, 1) such as 0.05, or 'none'"
+    ),
     "explain/option/device=cuda": explain("{clip}", "--device", "cuda", **_CUDA_ROW),
     "explain/option/device=tpu": explain(
         "{clip}", "--device", "tpu", code=2, fragment="argument --device: invalid choice: 'tpu'"
@@ -438,6 +444,21 @@ API_CASES: dict[str, APICase] = {
         ),
         ValueError,
         "prompt_ids is ignored when target is a Hypothesis",
+    ),
+    "attribute/generate_kwargs-with-a-Hypothesis-target": APICase(
+        lambda ctx: ctx["spes"].attribute(
+            ctx["features"],
+            n_masks=6,
+            target=ctx["spes"].wrapper.set_hypothesis(ctx["features"]),
+            generate_kwargs={"num_beams": 2},
+        ),
+        ValueError,
+        "generate_kwargs is ignored when target is a Hypothesis",
+    ),
+    "attribute/coarse_to_fine-with-per-level-counts": APICase(
+        _attribute(n_masks=[4, 4, 4], estimator="coarse_to_fine"),
+        ValueError,
+        "pass one budget, n_masks=<int>, not one count per level",
     ),
     "attribute/adaptive-round_size-below-levels": APICase(
         _attribute(n_masks=AdaptiveMasks(round_size=2, max_masks=100, min_masks=2)),

@@ -186,7 +186,8 @@ def test_demo_tiny_model(tiny_model: str, tmp_path: Path, capsys) -> None:
         capsys, ["demo", "--model", tiny_model, "--n-masks", "4", "--batch-size", "4", "--out", str(out)]
     )
     assert code == 0, err
-    assert "this demo uses 4 masks; the method's published configuration uses 20,000 masks" in stdout
+    assert "this demo uses 4 masks (coarse-to-fine estimator" in stdout
+    assert "published configuration (--estimator reference, 20,000 masks)" in stdout
     assert "20 000 masks in 24-27 s per utterance on an NVIDIA H200" in stdout
     assert "Demo finished in" in stdout
     _check_outputs(out)

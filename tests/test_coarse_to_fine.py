@@ -35,6 +35,7 @@ def test_shrinkage_by_hand():
         ({"refine_from": 1}, "refine_from must be an int"),
         ({"outside": "noise"}, "outside must be one of"),
         ({"detail": "smooth"}, "detail must be one of"),
+        ({"detail_weight": "area"}, "detail_weight must be one of"),
     ],
 )
 def test_bad_settings(kwargs, match):
@@ -52,13 +53,32 @@ def _levels(n_frames=8):
     return CustomMasks(torch.arange(n_frames)[None, :] // 2).segment(torch.zeros(4, n_frames))
 
 
-def test_two_stage_map_by_hand(monkeypatch):
+@pytest.mark.parametrize(
+    ("detail_weight", "refined_values", "atom_se"),
+    [
+        # Atom detail = atom effect - the cell's mean atom effect: atom 0: 2 - 1 = 1, atom 1: 0 - 1 = -1;
+        # values 4 + 2 x 1 = 6 and 4 - 2 x 1 = 2. Standard error: scale 2 x sqrt(2).
+        ("atom", [6.0, 2.0], 2 * 2**0.5),
+        # Atom detail = (mean cell size / atom size) x atom effect - the cell's stage-2 total (both
+        # cells hold 16 elements): atom 0: 2 x 2 - 2 = 2, atom 1: 2 x 0 - 2 = -2; values 4 + 2 x 2 = 8
+        # and 4 - 2 x 2 = 0. Standard error: scale 2 x size ratio 2 x sqrt(2).
+        ("cell", [8.0, 0.0], 2 * 2 * 2**0.5),
+    ],
+)
+def test_two_stage_map_by_hand(monkeypatch, detail_weight, refined_values, atom_se):
     # 4 atoms (2-frame columns of 4 mels: 8 elements) in 2 cells (atoms 0-1, atoms 2-3: 16 elements).
     monkeypatch.setattr(
         "captum_spes._core.coarse_to_fine._coarse_labels",
         lambda utterance, levels, n: (torch.arange(8)[None, :] // 4).expand(4, 8),
     )
-    settings = dict(coarse_fraction=0.5, masks_per_cell=1.0, masks_per_atom=2.0, refine_from=4, detail="raw")
+    settings = dict(
+        coarse_fraction=0.5,
+        masks_per_cell=1.0,
+        masks_per_atom=2.0,
+        refine_from=4,
+        detail="raw",
+        detail_weight=detail_weight,
+    )
     estimator = CoarseToFine(**settings).bind(1, [4], "cpu")
     stages = estimator.plan(_utterance(), _levels(), 8, 0.5)
     coarse = next(stages)
@@ -78,17 +98,15 @@ def test_two_stage_map_by_hand(monkeypatch):
         next(stages)
     estimate = estimator.finalize([coarse.labels, refine.labels])
     # Cell effects 4 and 1. Scale = stage-1 effect of the refined cell (4) over stage-2 effect of
-    # its atoms (2) = 2. Atom detail = (mean cell size / atom size) x atom effect - the cell's
-    # stage-2 total (both cells hold 16 elements): atom 0: 2 x 2 - 2 = 2, atom 1: 2 x 0 - 2 = -2.
-    # Values: 4 + 2 x 2 = 8 and 4 - 2 x 2 = 0: the cell's mean stays 4.
-    torch.testing.assert_close(estimate.attribution[0, 0, ::2], torch.tensor([8.0, 0.0, 1.0, 1.0]))
+    # its atoms (2) = 2; the refined cell's mean stays 4 (see the parameters).
+    torch.testing.assert_close(estimate.attribution[0, 0, ::2], torch.tensor([*refined_values, 1.0, 1.0]))
     assert estimate.num_units == 3 and estimate.units[0].tolist() == [0, 0, 1, 1, 2, 2, 2, 2]
     # z: atom 0 from stage 2 (constant groups 3 vs 1: +inf), atom 1 0, cell 1 from stage 1.
     assert estimate.z[0, 0] == float("inf") and estimate.z[0, 1] == 0
     assert estimate.z[0, 2].item() == pytest.approx(1 / (8.5**0.5))
-    # Standard errors: the refined atoms' in stage-1 units (scale 2, mean cell / atom size 2); atom 1's
-    # stage-2 groups {3, 1} and {3, 1} have variance 2 each: sqrt(2/2 + 2/2) = sqrt(2).
-    assert estimate.standard_error[0, 1].item() == pytest.approx(2 * 2 * 2**0.5)
+    # Standard errors: the refined atoms' in stage-1 units; atom 1's stage-2 groups {3, 1} and
+    # {3, 1} have variance 2 each: sqrt(2/2 + 2/2) = sqrt(2).
+    assert estimate.standard_error[0, 1].item() == pytest.approx(atom_se)
     assert estimate.info["refined_atoms"] == 2 and estimate.info["cells"] == 2
 
 

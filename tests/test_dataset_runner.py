@@ -68,9 +68,12 @@ def test_checked_settings_name_the_configuration_but_not_the_batch_size() -> Non
     assert checked["captum_spes"] == __version__ and "batch_size" not in checked
     assert ExplainSettings(batch_size=64).checked() == ExplainSettings(batch_size=1).checked()
     # The estimator's own settings are part of the configuration, not just its name.
-    assert checked["estimator"] == {"name": "reference"}
+    assert ExplainSettings(estimator="reference").checked()["estimator"] == {"name": "reference"}
     coarse = ExplainSettings(estimator="coarse_to_fine").checked()["estimator"]
     assert coarse["name"] == "coarse_to_fine" and coarse["detail"] == "shrunk"
+    # None is the library's default, resolved (and so checked) as SPES.attribute resolves it.
+    assert ExplainSettings().checked()["estimator"] == coarse
+    assert ExplainSettings(n_masks="auto").checked()["estimator"] == {"name": "reference"}
 
 
 def test_settings_that_would_fail_every_utterance_are_refused_up_front() -> None:

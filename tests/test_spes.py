@@ -101,7 +101,7 @@ def test_whisper_token_map_is_causal(whisper):
 
 def test_exact_mask_count_and_metadata(whisper):
     result = SPES(SpeechSeq2SeqWrapper(whisper)).attribute(
-        whisper_features(), n_masks=20, token_p=None, show_progress=False
+        whisper_features(), n_masks=20, token_p=None, show_progress=False, estimator="reference"
     )
     meta = result.metadata
     assert meta["masks_per_level"] == [7, 7, 6] and meta["n_masks"] == 20
@@ -117,9 +117,9 @@ def test_exact_mask_count_and_metadata(whisper):
 
 def test_seed_changes_masks_and_is_reproducible(whisper):
     spes = SPES(SpeechSeq2SeqWrapper(whisper))
-    a = spes.attribute(whisper_features(), n_masks=9, seed=1, token_p=None)
-    b = spes.attribute(whisper_features(), n_masks=9, seed=1, token_p=None)
-    c = spes.attribute(whisper_features(), n_masks=9, seed=2, token_p=None)
+    a = spes.attribute(whisper_features(), n_masks=40, seed=1, token_p=None)
+    b = spes.attribute(whisper_features(), n_masks=40, seed=1, token_p=None)
+    c = spes.attribute(whisper_features(), n_masks=40, seed=2, token_p=None)
     torch.testing.assert_close(a.spectrogram_attr, b.spectrogram_attr, rtol=0, atol=0)
     assert not torch.equal(a.spectrogram_attr, c.spectrogram_attr)
 
@@ -331,3 +331,27 @@ def test_the_callers_utterance_id_is_saved(whisper, tmp_path):
     assert loaded.metadata["utterance_id"] == "corpus/clip-7"
     assert loaded.num_units == result.num_units
     torch.testing.assert_close(loaded.spectrogram_z, result.spectrogram_z, equal_nan=True)  # 3 masks: mostly NaN
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"n_masks": 24}, "coarse_to_fine"),
+        ({"n_masks": 24, "feature_mask": "slic"}, "coarse_to_fine"),
+        ({"n_masks": [8, 8, 8]}, "reference"),
+        ({"n_masks": 24, "feature_mask": "time"}, "reference"),
+        ({"n_masks": 24, "token_p": 0.5, "token_masks": "joint"}, "reference"),
+        ({"n_masks": 24, "estimator": "reference"}, "reference"),
+    ],
+)
+def test_default_estimator_follows_the_design_asked_for(whisper, options, expected):
+    options = {"token_p": None, **options}
+    result = SPES(SpeechSeq2SeqWrapper(whisper)).attribute(whisper_features(), **options)
+    assert result.metadata["estimator"]["name"] == expected
+
+
+def test_coarse_to_fine_refuses_per_level_counts(whisper):
+    with pytest.raises(ValueError, match="pass one budget, n_masks=<int>"):
+        SPES(SpeechSeq2SeqWrapper(whisper)).attribute(
+            whisper_features(), n_masks=[8, 8, 8], estimator="coarse_to_fine", token_p=None
+        )

@@ -19,12 +19,13 @@ estimator chooses its own design in two stages:
 The map is the **effect of the coarse cell**: the increase in mean impact when the element's
 cell is occluded (occluded minus kept means, as Welch's test compares them), the same value
 over the cell. Inside a refined cell the value varies with its atoms: each atom's stage-2
-effect per element minus the cell's mean, brought to the stage-1 scale (the token's stage-1
-effect of the refined cells over its stage-2 effect of their atoms, clipped at 0) and multiplied
-by the mean cell size (a constant: the same atom effect weighs the same in any cell) — so the
-cell's mean value stays its stage-1 effect and the detail says where inside the cell it is.
-(Dividing every cell by its size instead, an effect density, ranks small noisy cells first: it
-was less stable and pointed worse in our study.) Its units are the refined atoms and the
+effect minus the cell's mean atom effect, brought to the stage-1 scale (the token's stage-1
+effect of the refined cells over its stage-2 effect of their atoms, clipped at 0) — so the
+cell's mean value stays its stage-1 effect, the precise cell effect says where the map is high
+and the detail says where inside the cell it is. (Weighting the detail by the cell size instead,
+``detail_weight="cell"``, lets one noisy atom outrank whole cells; dividing every cell by its
+size, an effect density, ranks small noisy cells first: both were less stable and pointed worse
+in our study, docs/results.md.) Its units are the refined atoms and the
 unrefined cells: z statistics come from the stage that estimated each unit (stage 2 uses data
 independent of the selection); standard errors are conditional on the scale. When the budget is
 below ``refine_from`` masks, all of it goes to the coarse stage.
@@ -57,6 +58,7 @@ __all__ = ["CoarseToFine", "nest"]
 
 OUTSIDE = ("keep", "coarse")
 DETAIL = ("shrunk", "raw")
+DETAIL_WEIGHTS = ("atom", "cell")
 
 
 def nest(fine: Tensor, coarse: Tensor) -> Tensor:
@@ -98,6 +100,11 @@ class CoarseToFine(Estimator):
         detail (str): ``"shrunk"`` keeps a refined cell's within-cell detail as far as it
             stands out of its noise (:func:`shrinkage`, per token and cell); ``"raw"`` keeps
             all of it. Default: "shrunk"
+        detail_weight (str): ``"atom"``: an atom's detail is its own effect minus its cell's
+            mean atom effect, so atoms rank inside their cell and the stage-1 cell effect says
+            where the map is high; ``"cell"``: the atom's effect per element times the mean
+            cell size, so one strong atom can outrank whole cells (noisier: less stable and
+            a worse pointing game in our study). Default: "atom"
     """
 
     name = "coarse_to_fine"
@@ -110,6 +117,7 @@ class CoarseToFine(Estimator):
         refine_from: int = 1000,
         outside: str = "keep",
         detail: str = "shrunk",
+        detail_weight: str = "atom",
     ) -> None:
         super().__init__()
         if (
@@ -127,12 +135,15 @@ class CoarseToFine(Estimator):
             raise InputError(f"outside must be one of {OUTSIDE}, got {outside!r}")
         if detail not in DETAIL:
             raise InputError(f"detail must be one of {DETAIL}, got {detail!r}")
+        if detail_weight not in DETAIL_WEIGHTS:
+            raise InputError(f"detail_weight must be one of {DETAIL_WEIGHTS}, got {detail_weight!r}")
         self.coarse_fraction = float(coarse_fraction)
         self.masks_per_cell = float(masks_per_cell)
         self.masks_per_atom = float(masks_per_atom)
         self.refine_from = refine_from
         self.outside = outside
         self.detail = detail
+        self.detail_weight = detail_weight
 
     def config(self) -> dict[str, Any]:
         return {
@@ -143,6 +154,7 @@ class CoarseToFine(Estimator):
             "refine_from": self.refine_from,
             "outside": self.outside,
             "detail": self.detail,
+            "detail_weight": self.detail_weight,
         }
 
     def for_tokens(self) -> Estimator:
@@ -187,8 +199,9 @@ class CoarseToFine(Estimator):
             "refine_masks": n_masks - n_coarse,
         }
         self.sums.add_level(num_cells)
-        yield MaskStage(0, cells, num_cells, n_coarse, name="coarse")
+        # Set before yielding: a caller may stop after the coarse stage and still finalize.
         self._atoms, self._cells, self._cell_of_atom = atoms, cells, cell_of_atom
+        yield MaskStage(0, cells, num_cells, n_coarse, name="coarse")
         if n_masks == n_coarse:
             return
         n_refine = n_masks - n_coarse
@@ -283,10 +296,17 @@ class CoarseToFine(Estimator):
         stage1, stage2 = cell_effect[:, refined_cells].sum(dim=1), atom_effect.sum(dim=1)
         ratio = stage1 / torch.where(stage2 != 0, stage2, torch.ones_like(stage2))
         scale = torch.where(stage2 != 0, ratio, torch.zeros_like(ratio)).clamp_min(0)[:, None]
-        # Per element of the atom, relative to the cell's mean, times the mean cell size: a
-        # constant, so the same atom effect weighs the same in a small cell as in a large one.
-        size = area_cell.mean() / area_unit[:refined]
-        detail = size * atom_effect - (area_cell.mean() / area_cell[atom_cells]) * cell_total[:, atom_cells]
+        if self.detail_weight == "cell":
+            # Per element of the atom, relative to the cell's mean, times the mean cell size: a
+            # constant, so the same atom effect weighs the same in a small cell as in a large one.
+            size = area_cell.mean() / area_unit[:refined]
+            detail = size * atom_effect - (area_cell.mean() / area_cell[atom_cells]) * cell_total[:, atom_cells]
+        else:
+            # The atom's own effect relative to its cell's mean atom: atoms rank inside their
+            # cell, and the cell's precise stage-1 effect says where the map is high.
+            size = torch.ones_like(area_unit[:refined])
+            atoms_in_cell = torch.bincount(atom_cells, minlength=cell_effect.shape[1]).clamp_min(1)
+            detail = atom_effect - (cell_total / atoms_in_cell)[:, atom_cells]
         detail = scale * detail
         detail_se = scale * size * second["standard_error"][:, :refined]
         if self.detail == "shrunk":

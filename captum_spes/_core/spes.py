@@ -26,7 +26,7 @@ from captum_spes._utils.batching import BatchSizer
 from captum_spes._utils.sampling import MaskBatch, MaskSampler
 from captum_spes.errors import InputError, InputTypeError
 from captum_spes.impact import ImpactMeasure
-from captum_spes.masks import MaskFamily, MaskLevel
+from captum_spes.masks import MaskFamily, MaskLevel, SLICMasks
 
 __all__ = ["SPES"]
 
@@ -107,13 +107,13 @@ class SPES(PerturbationAttribution):
         perturbations_per_eval: int = 8,
         show_progress: bool = False,
         *,
-        n_masks: int | Sequence[int] | str | AdaptiveMasks = 20000,
+        n_masks: int | Sequence[int] | str | AdaptiveMasks = 2000,
         p: float = 0.5,
         token_p: float | None = 0.5,
         token_masks: str | None = None,
         n_token_masks: int | None = None,
         impact: str | ImpactMeasure = "kl",
-        estimator: str | Estimator = "reference",
+        estimator: str | Estimator | None = None,
         seed: int = 0,
         num_frames: int | None = None,
         num_samples: int | None = None,
@@ -152,12 +152,14 @@ class SPES(PerturbationAttribution):
             show_progress (bool, optional): show a tqdm bar labelled "SPES attribution"
                 whose total is the number of forward passes (one per mask plus the clean
                 pass). Default: False
-            n_masks (int, list[int], "auto" or AdaptiveMasks, optional): spectrogram masks;
-                an int is split over the levels in consecutive blocks (exactly this many are
-                used), a list gives one count per level; ``"auto"`` (or an
-                :class:`AdaptiveMasks`) samples rounds of masks into two halves and stops
-                when the halves agree (see :class:`AdaptiveMasks`); every statistic is
-                recorded in ``metadata["adaptive"]``. Default: 20000
+            n_masks (int, list[int], "auto" or AdaptiveMasks, optional): spectrogram masks
+                (the budget: one forward pass each); with the reference estimator an int is
+                split over the levels in consecutive blocks (exactly this many are used) and a
+                list gives one count per level; ``"auto"`` (or an :class:`AdaptiveMasks`)
+                samples rounds of masks into two halves and stops when the halves agree (see
+                :class:`AdaptiveMasks`); every statistic is recorded in
+                ``metadata["adaptive"]``. The published configuration uses 20 000 with
+                ``estimator="reference"``. Default: 2000
             p (float, optional): probability that a spectrogram segment is occluded in a
                 mask, in (0, 1). Default: 0.5
             token_p (float or None, optional): probability that a decoder input is zeroed,
@@ -175,9 +177,17 @@ class SPES(PerturbationAttribution):
             impact (str or callable, optional): ``"kl"`` (default), ``"prob_drop"``, any
                 registered name, or ``f(clean_log_probs, perturbed_log_probs, target_ids)``
                 returning ``(batch, num_tokens)``.
-            estimator (str or Estimator, optional): how impacts become a map:
-                ``"reference"`` (the published conditional mean) or any registered
-                estimator (:data:`~captum_spes.ESTIMATORS`). Default: "reference"
+            estimator (str, Estimator or None, optional): how the masks are designed and their
+                impacts become a map: ``"coarse_to_fine"`` (:class:`CoarseToFine`: coarse
+                cells matched to the budget, then the cells with an effect refined to the
+                family's segments), ``"reference"`` (the published design and conditional-mean
+                estimator), any registered name (:data:`~captum_spes.ESTIMATORS`) or an
+                :class:`Estimator`. None: ``"coarse_to_fine"`` for one total budget, chosen by
+                measurement (docs/results.md, "Trustworthy maps"); ``"reference"`` where the
+                reference's own design is asked for: ``n_masks="auto"`` (its split-half rule),
+                one count per level, ``token_masks="joint"``, or a ``feature_mask`` other than
+                SLIC (the features are then the caller's). The choice is recorded in
+                ``metadata["estimator"]``. Default: None
             seed (int, optional): seed of the masks; results are identical for any
                 ``perturbations_per_eval`` and device. Default: 0
             num_frames (int, optional): frames that hold audio (Whisper pads to 3000).
@@ -229,7 +239,7 @@ class SPES(PerturbationAttribution):
             impact=impact,
             seed=seed,
             feature_mask=feature_mask,
-            estimator=estimator,
+            estimator=_default_estimator(estimator, n_masks, token_masks, feature_mask),
             perturbations_per_eval=perturbations_per_eval,
             perturb_prompt=perturb_prompt,
             default_family=self.wrapper.adapter.default_mask_family(),
@@ -387,6 +397,11 @@ class SPES(PerturbationAttribution):
                 f'estimator="{name}" chooses its own masks and takes a fixed budget: pass n_masks=<int>, not "auto" '
                 '(or use estimator="reference" with n_masks="auto")'
             )
+        if isinstance(config.n_masks, tuple):
+            raise InputError(
+                f'estimator="{name}" chooses its own masks per stage: pass one budget, n_masks=<int>, not one count '
+                'per level (or use estimator="reference" with per-level counts)'
+            )
         if config.token_masks == "joint":
             raise InputError(
                 f'estimator="{name}" draws spectrogram masks in stages; token_masks="joint" is not supported with it: '
@@ -504,6 +519,31 @@ class SPES(PerturbationAttribution):
             "device": str(wrapper.device),
             "hypothesis_source": hypothesis.source,
         }
+
+
+#: the estimator of ``estimator=None`` for a fixed budget (chosen by measurement) and for
+#: ``n_masks="auto"`` (the split-half rule is defined on the reference's halves)
+#: ``estimator=None`` means this for one total budget (docs/results.md, "Trustworthy maps")
+DEFAULT_ESTIMATOR = "coarse_to_fine"
+#: ... and this with the reference's own design (split-half rounds, per-level counts, joint token masks)
+DEFAULT_ADAPTIVE_ESTIMATOR = "reference"
+
+
+def _default_estimator(
+    estimator: str | Estimator | None, n_masks: Any, token_masks: str | None, feature_mask: Any
+) -> str | Estimator:
+    """The estimator for ``estimator=None``: coarse-to-fine for one total budget over SLIC
+    segments; the reference where the caller asked for the reference's own design (split-half
+    rounds, per-level counts, token masks drawn with the spectrogram masks) or named the
+    features themselves (word intervals, id tensors: coarse cells would cut across them)."""
+    if estimator is not None:
+        return estimator
+    adaptive = isinstance(n_masks, AdaptiveMasks) or (isinstance(n_masks, str) and n_masks == "auto")
+    per_level = isinstance(n_masks, (list, tuple))
+    slic = isinstance(feature_mask, SLICMasks) or (isinstance(feature_mask, str) and feature_mask == "slic")
+    own_features = feature_mask is not None and not slic
+    reference_design = adaptive or per_level or token_masks == "joint" or own_features
+    return DEFAULT_ADAPTIVE_ESTIMATOR if reference_design else DEFAULT_ESTIMATOR
 
 
 def _as_list(values: Tensor | None) -> list[float] | None:

@@ -112,9 +112,9 @@ def add_dataset_commands(subparsers: Any) -> None:
     )
     explain.add_argument(
         "--estimator",
-        default="reference",
-        help="how the masks' impacts become a map: reference (the published estimator and design) or "
-        "coarse_to_fine (see docs/method.md) (default: reference)",
+        default=None,
+        help="how the masks' impacts become a map: coarse_to_fine or reference (the published estimator and "
+        "design); see docs/method.md (default: coarse_to_fine for a fixed --n-masks, reference for auto)",
     )
     _decoding_options(explain, "decoding the hypothesis", num_beams=1, no_repeat_ngram_size=0)
     explain.add_argument(

@@ -51,8 +51,10 @@ class ExplainSettings:
         token_p (float or None): occlusion probability of a decoder input; None: no token map.
         token_masks (str): "decoupled" or "joint".
         impact (str): impact measure.
-        estimator (str): registered estimator (:data:`~captum_spes.ESTIMATORS`), as
-            ``SPES.attribute``'s; its own settings are checked on rerun too.
+        estimator (str or None): registered estimator (:data:`~captum_spes.ESTIMATORS`), as
+            ``SPES.attribute``'s; None: the library's default for these settings
+            (coarse_to_fine for a fixed budget, reference for "auto"). The resolved estimator
+            and its own settings are checked on rerun.
         num_beams (int): beams when decoding the hypothesis (1: greedy).
         no_repeat_ngram_size (int): ``generate``'s no-repeat n-gram size (0: off).
         batch_size (int): masks per forward pass; the result does not depend on it.
@@ -65,7 +67,7 @@ class ExplainSettings:
     token_p: float | None = 0.5
     token_masks: str = "decoupled"
     impact: str = "kl"
-    estimator: str = "reference"
+    estimator: str | None = None
     num_beams: int = 1
     no_repeat_ngram_size: int = 0
     batch_size: int = 8
@@ -91,14 +93,15 @@ class ExplainSettings:
         estimator = self._estimator()
         if self.n_masks == "auto" and type(estimator).plan is not Estimator.plan:
             raise InputError(
-                f"--estimator {self.estimator} chooses its own masks and takes a fixed budget: pass --n-masks <int>, "
+                f"--estimator {estimator.name} chooses its own masks and takes a fixed budget: pass --n-masks <int>, "
                 "not auto (or use --estimator reference with --n-masks auto)"
             )
 
     def _estimator(self) -> Any:
         from captum_spes._core.estimators import resolve_estimator
+        from captum_spes._core.spes import _default_estimator
 
-        return resolve_estimator(self.estimator)
+        return resolve_estimator(_default_estimator(self.estimator, self.n_masks, self.token_masks, None))
 
 
 @dataclass
