@@ -639,8 +639,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     def compare_with_paper(batch_s: float, token_s: float) -> None:
         paper = _estimate_seconds(PAPER_N_MASKS, batch_size, batch_s, token_s)
         print(
-            f"Note: this demo uses {n_masks} masks (coarse-to-fine estimator unless --estimator says otherwise: "
-            "coarse cells matched to the budget; what is not significant is drawn faint). The method's published "
+            f"Note: this demo uses {n_masks} masks with the default estimator (coarse cells matched to the budget, "
+            "where the clip is short enough for them; what is not significant is drawn faint). The method's published "
             f"configuration (--estimator reference, {PAPER_N_MASKS:,} masks) would take {_format_duration(paper)} "
             f"on this machine ({device}, {_threads()} threads; extrapolated from the batch time measured above). "
             "On a GPU the full configuration "

@@ -186,7 +186,7 @@ def test_demo_tiny_model(tiny_model: str, tmp_path: Path, capsys) -> None:
         capsys, ["demo", "--model", tiny_model, "--n-masks", "4", "--batch-size", "4", "--out", str(out)]
     )
     assert code == 0, err
-    assert "this demo uses 4 masks (coarse-to-fine estimator" in stdout
+    assert "this demo uses 4 masks with the default estimator" in stdout
     assert "published configuration (--estimator reference, 20,000 masks)" in stdout
     assert "20 000 masks in 24-27 s per utterance on an NVIDIA H200" in stdout
     assert "Demo finished in" in stdout
@@ -474,6 +474,7 @@ def test_explain_real_tiny_en_in_process(clip: Path, tmp_path: Path, capsys) -> 
     assert "Estimated time: ~" in stdout and "per batch of 6" in stdout
     result = _check_outputs(out)
     assert result.spectrogram_attr.shape[2] == 301  # 2.99 s of audio: the frames whose 25 ms window touches it
+    assert result.metadata["utterance_id"] == str(clip)  # the CLI names the explanation by its audio
     assert "tiny.en" in str(result.metadata)
 
 
@@ -493,4 +494,9 @@ def test_explain_real_tiny_en_console_script(clip: Path, tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     assert "Transcript: " in proc.stdout and "Estimated time: ~" in proc.stdout
     assert "Traceback" not in proc.stderr
+    # The console is the user's: no library warnings or loading bars, only SPES's own progress bar.
+    for noise in ("forced_decoder_ids", "generation_config", "deprecated", "Warning", "Loading weights", "shards"):
+        assert noise not in proc.stdout + proc.stderr, noise
+    other_lines = [line for line in proc.stderr.splitlines() if line.strip() and "SPES attribution" not in line]
+    assert not other_lines, other_lines
     _check_outputs(out)

@@ -336,8 +336,11 @@ def test_the_callers_utterance_id_is_saved(whisper, tmp_path):
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        ({"n_masks": 24}, "coarse_to_fine"),
-        ({"n_masks": 24, "feature_mask": "slic"}, "coarse_to_fine"),
+        # 1.2 s of speech: 160 masks give 40 coarse cells (>= 30 per second), 120 masks 30 (< 36).
+        ({"n_masks": 160}, "coarse_to_fine"),
+        ({"n_masks": 160, "feature_mask": "slic"}, "coarse_to_fine"),
+        ({"n_masks": 120}, "reference"),
+        ({"n_masks": 120, "estimator": "coarse_to_fine"}, "coarse_to_fine"),
         ({"n_masks": [8, 8, 8]}, "reference"),
         ({"n_masks": 24, "feature_mask": "time"}, "reference"),
         ({"n_masks": 24, "token_p": 0.5, "token_masks": "joint"}, "reference"),

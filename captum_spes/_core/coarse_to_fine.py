@@ -177,6 +177,14 @@ class CoarseToFine(Estimator):
         return self.sums.masks_seen()
 
     # ----- design -------------------------------------------------------------------
+    def coarse_masks(self, n_masks: int) -> int:
+        """Masks of the coarse stage for a budget of ``n_masks``."""
+        return n_masks if n_masks < self.refine_from else max(2, math.ceil(self.coarse_fraction * n_masks))
+
+    def coarse_cells(self, n_masks: int) -> int:
+        """Coarse cells requested for a budget of ``n_masks`` (SLIC may return a few more or fewer)."""
+        return max(2, round(self.coarse_masks(n_masks) / self.masks_per_cell))
+
     def plan(self, utterance: Utterance, levels: Sequence[MaskLevel], n_masks: int, p: float) -> Iterator[MaskStage]:
         return self._stages(utterance, levels, n_masks, p)
 
@@ -186,8 +194,8 @@ class CoarseToFine(Estimator):
         finest = max(levels, key=lambda level: level.num_segments)
         atoms, _ = units_of([finest.labels])
         num_atoms = int(atoms.max()) + 1
-        n_coarse = n_masks if n_masks < self.refine_from else max(2, math.ceil(self.coarse_fraction * n_masks))
-        cells_wanted = min(num_atoms, max(2, round(n_coarse / self.masks_per_cell)))
+        n_coarse = self.coarse_masks(n_masks)
+        cells_wanted = min(num_atoms, self.coarse_cells(n_masks))
         cell_of_atom = nest(atoms, _coarse_labels(utterance, levels, cells_wanted))
         cells = cell_of_atom[atoms]
         num_cells = int(cell_of_atom.max()) + 1

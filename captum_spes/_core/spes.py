@@ -3,6 +3,7 @@ r"""SPES: Spectrogram Perturbation for Explainable Speech-to-text Generation."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,8 +16,9 @@ from captum.log import log_usage
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from captum_spes._core.coarse_to_fine import CoarseToFine
 from captum_spes._core.config import SPESConfig
-from captum_spes._core.estimators import Estimate, Estimator, MaskStage
+from captum_spes._core.estimators import Estimate, Estimator, MaskStage, resolve_estimator
 from captum_spes._core.forward_wrapper import Hypothesis, SpeechSeq2SeqWrapper, TargetType
 from captum_spes._core.result import SPESResult
 from captum_spes._core.utterance import Utterance
@@ -182,8 +184,11 @@ class SPES(PerturbationAttribution):
                 cells matched to the budget, then the cells with an effect refined to the
                 family's segments), ``"reference"`` (the published design and conditional-mean
                 estimator), any registered name (:data:`~captum_spes.ESTIMATORS`) or an
-                :class:`Estimator`. None: ``"coarse_to_fine"`` for one total budget, chosen by
-                measurement (docs/results.md, "Trustworthy maps"); ``"reference"`` where the
+                :class:`Estimator`. None: ``"coarse_to_fine"`` for one total budget when its
+                coarse stage has at least :data:`MIN_COARSE_CELLS_PER_SECOND` cells per second of
+                speech (e.g. 500 masks for up to about 4 s), chosen by measurement
+                (docs/results.md, "Trustworthy maps"); else ``"reference"`` (too few masks for
+                the length: coarse cells would be coarser than words), and also where the
                 reference's own design is asked for: ``n_masks="auto"`` (its split-half rule),
                 one count per level, ``token_masks="joint"``, or a ``feature_mask`` other than
                 SLIC (the features are then the caller's). The choice is recorded in
@@ -245,6 +250,8 @@ class SPES(PerturbationAttribution):
             default_family=self.wrapper.adapter.default_mask_family(),
         )
         utterance = self._prepare_utterance(inputs, baselines, num_frames, num_samples)
+        if estimator is None:
+            config = _fit_default_to_speech(config, utterance.num_frames / self.wrapper.adapter.frame_rate)
         hypothesis = self._freeze_hypothesis(utterance, target, prompt_ids, generate_kwargs)
         levels = utterance.segment(config.family)
         with torch.inference_mode():
@@ -544,6 +551,24 @@ def _default_estimator(
     own_features = feature_mask is not None and not slic
     reference_design = adaptive or per_level or token_masks == "joint" or own_features
     return DEFAULT_ADAPTIVE_ESTIMATOR if reference_design else DEFAULT_ESTIMATOR
+
+
+#: ``estimator=None`` keeps coarse-to-fine only when its coarse stage has at least this many
+#: cells per second of speech. Measured (docs/results.md, section 10): on librivox_0880 (3 s)
+#: 30 and 42 cells per second pointed at 0.85 and 0.95; on acoustic_corpus (26.7 s) 200 masks
+#: gave 1.9 cells per second and a pointing game of 0.25, against the reference's 0.71.
+MIN_COARSE_CELLS_PER_SECOND = 30.0
+
+
+def _fit_default_to_speech(config: SPESConfig, seconds: float) -> SPESConfig:
+    """The default estimator for this utterance: the reference when coarse-to-fine's cells
+    would be coarser than words (too few masks for the length of the speech)."""
+    estimator = config.estimator
+    if not isinstance(estimator, CoarseToFine) or not isinstance(config.n_masks, int):
+        return config
+    if estimator.coarse_cells(config.n_masks) >= MIN_COARSE_CELLS_PER_SECOND * seconds:
+        return config
+    return dataclasses.replace(config, estimator=resolve_estimator(DEFAULT_ADAPTIVE_ESTIMATOR))
 
 
 def _as_list(values: Tensor | None) -> list[float] | None:

@@ -114,7 +114,8 @@ def add_dataset_commands(subparsers: Any) -> None:
         "--estimator",
         default=None,
         help="how the masks' impacts become a map: coarse_to_fine or reference (the published estimator and "
-        "design); see docs/method.md (default: coarse_to_fine for a fixed --n-masks, reference for auto)",
+        "design); see docs/method.md (default: coarse_to_fine for a fixed --n-masks where the clip is short enough "
+        "for its cells, else reference)",
     )
     _decoding_options(explain, "decoding the hypothesis", num_beams=1, no_repeat_ngram_size=0)
     explain.add_argument(

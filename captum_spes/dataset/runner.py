@@ -53,8 +53,9 @@ class ExplainSettings:
         impact (str): impact measure.
         estimator (str or None): registered estimator (:data:`~captum_spes.ESTIMATORS`), as
             ``SPES.attribute``'s; None: the library's default for these settings
-            (coarse_to_fine for a fixed budget, reference for "auto"). The resolved estimator
-            and its own settings are checked on rerun.
+            (coarse_to_fine for a fixed budget, reference for "auto"; SPES still uses the
+            reference for an utterance too long for coarse_to_fine's cells, and says so in its
+            metadata). The resolved estimator and its own settings are checked on rerun.
         num_beams (int): beams when decoding the hypothesis (1: greedy).
         no_repeat_ngram_size (int): ``generate``'s no-repeat n-gram size (0: off).
         batch_size (int): masks per forward pass; the result does not depend on it.
