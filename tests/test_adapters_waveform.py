@@ -307,16 +307,17 @@ class _WaveformProcessor:
         return self.feature_extractor(audio, **kwargs)
 
 
-def test_cli_explains_a_tiny_moonshine_in_the_stft_domain(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("factory", [tiny_moonshine, tiny_wav2vec2_bert], ids=lambda f: f.__name__)
+def test_cli_explains_a_tiny_waveform_model_in_the_stft_domain(tmp_path, monkeypatch, capsys, factory):
     import soundfile as sf
 
     from captum_spes import SPESResult, cli
 
-    monkeypatch.setitem(cli.MODEL_FACTORIES, "tiny-moonshine", lambda device: (tiny_moonshine(), _WaveformProcessor()))
+    monkeypatch.setitem(cli.MODEL_FACTORIES, "tiny-waveform", lambda device: (factory().eval(), _WaveformProcessor()))
     clip = tmp_path / "clip.wav"
     sf.write(clip, tone_bursts()[0].numpy(), SR)
     out = tmp_path / "out"
-    args = ["explain", str(clip), "--model", "tiny-moonshine", "--n-masks", "4", "--batch-size", "2", "--out", str(out)]
+    args = ["explain", str(clip), "--model", "tiny-waveform", "--n-masks", "4", "--batch-size", "2", "--out", str(out)]
     assert cli.main(args) == 0, capsys.readouterr().err
     result = SPESResult.load(out / "explanation.safetensors")
     assert result.spectrogram_attr.shape[1:] == (201, 61) and result.frame_rate == 100.0
