@@ -5,7 +5,7 @@ import torch
 from helpers import REGIONS, ToySpeechModel, tiny_whisper, toy_features, whisper_features
 
 from captum_spes import SPES, CoarseToFine, CustomMasks, InputError, SpeechSeq2SeqWrapper
-from captum_spes._core.coarse_to_fine import nest, shrinkage
+from captum_spes._core.coarse_to_fine import _coarse_labels, nest, shrinkage
 from captum_spes._core.utterance import Utterance
 from captum_spes.adapters import InputLayout
 
@@ -36,6 +36,8 @@ def test_shrinkage_by_hand():
         ({"outside": "noise"}, "outside must be one of"),
         ({"detail": "smooth"}, "detail must be one of"),
         ({"detail_weight": "area"}, "detail_weight must be one of"),
+        ({"frequency_bands": 0}, "frequency_bands must be None"),
+        ({"frequency_bands": 2.0}, "frequency_bands must be None"),
     ],
 )
 def test_bad_settings(kwargs, match):
@@ -108,6 +110,21 @@ def test_two_stage_map_by_hand(monkeypatch, detail_weight, refined_values, atom_
     # {3, 1} have variance 2 each: sqrt(2/2 + 2/2) = sqrt(2).
     assert estimate.standard_error[0, 1].item() == pytest.approx(atom_se)
     assert estimate.info["refined_atoms"] == 2 and estimate.info["cells"] == 2
+
+
+def test_frequency_bands_make_a_grid_of_bands_and_time_slices():
+    # 4 mels x 8 frames, 4 cells in 2 bands: 2 time slices of 4 frames per band.
+    labels = _coarse_labels(_utterance(), 4, 2)
+    assert labels.tolist() == [[0] * 4 + [1] * 4] * 2 + [[2] * 4 + [3] * 4] * 2
+    # One band: 8 cells are 8 one-frame columns; more bands than mels are capped at the mels.
+    assert _coarse_labels(_utterance(), 8, 1).tolist() == [list(range(8))] * 4
+    assert _coarse_labels(_utterance(), 4, 9).tolist() == [[k] * 8 for k in range(4)]
+    # Through the design: single-element atoms nest exactly into the grid cells.
+    elements = CustomMasks(torch.arange(32).reshape(4, 8)).segment(torch.zeros(4, 8))
+    estimator = CoarseToFine(masks_per_cell=1.0, frequency_bands=2).bind(1, [32], "cpu")
+    coarse = next(estimator.plan(_utterance(), elements, 4, 0.5))
+    assert coarse.num_segments == 4 and coarse.labels.tolist() == labels.tolist()
+    assert estimator.config()["frequency_bands"] == 2
 
 
 def test_budget_below_refine_from_goes_to_the_coarse_stage():

@@ -105,6 +105,11 @@ class CoarseToFine(Estimator):
             where the map is high; ``"cell"``: the atom's effect per element times the mean
             cell size, so one strong atom can outrank whole cells (noisier: less stable and
             a worse pointing game in our study). Default: "atom"
+        frequency_bands (int, optional): ``None``: the coarse cells are SLIC superpixels of
+            the spectrogram; an int ``B``: a grid of ``B`` equal mel bands times as many equal
+            time slices as the cells allow (each atom in the grid cell holding most of it), so
+            the cells are finer in time than square ones of the same area: a word's evidence
+            is contiguous in time and spread over frequency. Default: None
     """
 
     name = "coarse_to_fine"
@@ -118,6 +123,7 @@ class CoarseToFine(Estimator):
         outside: str = "keep",
         detail: str = "shrunk",
         detail_weight: str = "atom",
+        frequency_bands: int | None = None,
     ) -> None:
         super().__init__()
         if (
@@ -137,6 +143,10 @@ class CoarseToFine(Estimator):
             raise InputError(f"detail must be one of {DETAIL}, got {detail!r}")
         if detail_weight not in DETAIL_WEIGHTS:
             raise InputError(f"detail_weight must be one of {DETAIL_WEIGHTS}, got {detail_weight!r}")
+        if frequency_bands is not None and (
+            isinstance(frequency_bands, bool) or not isinstance(frequency_bands, int) or frequency_bands < 1
+        ):
+            raise InputError(f"frequency_bands must be None (SLIC cells) or an int >= 1, got {frequency_bands!r}")
         self.coarse_fraction = float(coarse_fraction)
         self.masks_per_cell = float(masks_per_cell)
         self.masks_per_atom = float(masks_per_atom)
@@ -144,6 +154,7 @@ class CoarseToFine(Estimator):
         self.outside = outside
         self.detail = detail
         self.detail_weight = detail_weight
+        self.frequency_bands = frequency_bands
 
     def config(self) -> dict[str, Any]:
         return {
@@ -155,6 +166,7 @@ class CoarseToFine(Estimator):
             "outside": self.outside,
             "detail": self.detail,
             "detail_weight": self.detail_weight,
+            "frequency_bands": self.frequency_bands,
         }
 
     def for_tokens(self) -> Estimator:
@@ -196,7 +208,7 @@ class CoarseToFine(Estimator):
         num_atoms = int(atoms.max()) + 1
         n_coarse = self.coarse_masks(n_masks)
         cells_wanted = min(num_atoms, self.coarse_cells(n_masks))
-        cell_of_atom = nest(atoms, _coarse_labels(utterance, levels, cells_wanted))
+        cell_of_atom = nest(atoms, _coarse_labels(utterance, cells_wanted, self.frequency_bands))
         cells = cell_of_atom[atoms]
         num_cells = int(cell_of_atom.max()) + 1
         self.design = {
@@ -354,10 +366,19 @@ def shrinkage(detail: Tensor, standard_error: Tensor, cells: Tensor, num_cells: 
     return torch.where(finite & (tau > 0), tau / (tau + variance), torch.zeros_like(detail))
 
 
-def _coarse_labels(utterance: Utterance, levels: Sequence[MaskLevel], num_cells: int) -> Tensor:
-    """``num_cells`` SLIC superpixels (published compactness and sigma) of the speech frames."""
-    family = SLICMasks(n_segments=[num_cells], dynamic=False)
-    return family.segment(utterance.speech.detach().float().cpu())[0].labels
+def _coarse_labels(utterance: Utterance, num_cells: int, frequency_bands: int | None) -> Tensor:
+    """About ``num_cells`` coarse cells of the speech frames, ``(n_mels, num_frames)``: SLIC
+    superpixels (published compactness and sigma), or a grid of ``frequency_bands`` equal mel
+    bands times equal time slices."""
+    speech = utterance.speech.detach().float().cpu()
+    if frequency_bands is None:
+        return SLICMasks(n_segments=[num_cells], dynamic=False).segment(speech)[0].labels
+    n_mels, num_frames = speech.shape
+    bands = min(frequency_bands, n_mels)
+    slices = max(1, min(num_frames, round(num_cells / bands)))
+    band = torch.arange(n_mels) * bands // n_mels
+    time_slice = torch.arange(num_frames) * slices // num_frames
+    return band[:, None] * slices + time_slice[None, :]
 
 
 register_estimator(CoarseToFine.name, CoarseToFine)
