@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 r"""``captum-spes compare AUDIO``: the comparison table of one audio file, from the command line.
 
-The project's ``captum_spes/cli.py`` registers the sub-command with
+The project's ``captum_spes/cli/_parser.py`` registers the sub-command with
 :func:`add_compare_arguments` and dispatches to :func:`run_compare`, under the command line's
 one error policy (:func:`captum_spes.cli.report_errors`). The options, the model names, the
 audio checks and the overwrite rule are those of ``captum-spes explain``: existing

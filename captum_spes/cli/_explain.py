@@ -1,82 +1,19 @@
-#!/usr/bin/env python3
-r"""Command-line interface: ``captum-spes explain | demo | info | compare``.
-
-``captum-spes explain AUDIO`` transcribes one clip with a Whisper model, explains every
-generated token with SPES and writes, into ``--out``:
-
-* ``explanation.safetensors``: the :class:`~captum_spes.SPESResult` (``SPESResult.load``);
-* ``overview.png``: the utterance map over the spectrogram and, under it, the saliency
-  time profile with the words under their spans (or at their saliency peaks);
-* ``words.png``: one spectrogram saliency map per word;
-* ``token_map.png``: the token-to-token saliency map;
-* ``report.html``: a self-contained interactive page with the audio player;
-* ``listen/word_XX_<word>.wav`` (``--listen``): each word's top 10 % salient audio;
-* ``contrastive.safetensors`` (``--contrast POSITION_OR_WORD:FOIL``, repeatable): a second
-  explanation with :class:`~captum_spes.impact.ContrastiveImpact` (the log-probability margin
-  of the explained token over the foil), shown beside the plain maps in ``report.html``.
-
-Documented decisions:
-
-* Whisper sees at most 30 s of audio per window; longer audio is refused with one line
-  (trim or split it first) rather than silently truncated.
-* Existing output files are never replaced unless ``--overwrite`` is given; the check runs
-  before any computation.
-* ``--model`` accepts an embedded short name (``tiny.en``, ``base``), a local folder or a
-  Hugging Face hub id written ``org/name``; any other bare name is refused without
-  contacting the hub.
-* Errors (:func:`report_errors`, the one policy of every subcommand, ``compare`` included):
-
-  - a user error (:data:`USER_ERRORS`: an :class:`~captum_spes.errors.InputError`, such as a
-    bad option, audio file or model, or a missing, existing or unreadable file) is one line
-    on stderr, ``captum-spes: error: ...``, exit status 1;
-  - anything else is an internal error, a bug: its traceback, then a line saying so and
-    asking for a report, also exit status 1 (as Python's own exit on an uncaught exception;
-    the traceback is what tells the two apart, status 2 stays argparse's);
-  - Ctrl-C is one line, ``captum-spes: interrupted``, exit status 130;
-  - ``--debug`` (before or after the subcommand) prints the traceback of user errors too;
-  - argparse's own errors (unknown subcommand or option, a value of the wrong type) keep
-    its usage message and status 2.
-
-  The library raises :class:`~captum_spes.errors.InputError` for every argument check, so a
-  plain ``ValueError`` is treated as the bug it is.
-* The audio is read with :func:`~captum_spes.audio.read_audio`, and the line
-  ``Audio: ...`` says what was done to it (channels mixed down, resampling); clips shorter
-  than one 25 ms analysis window or longer than Whisper's 30 s are refused
-  (:func:`~captum_spes.audio.check_clip_length`).
-
-Tests (and power users) can plug in extra models through :data:`MODEL_FACTORIES`.
-"""
+"""``captum-spes explain`` and ``captum-spes demo``: explain one waveform, write the
+explanation, the figures, the HTML report and the WAVs, and print progress lines."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import math
-import os
-import platform
 import re
-import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from captum_spes.errors import InputError
-
-__all__ = [
-    "main",
-    "build_parser",
-    "report_errors",
-    "refuse_existing_outputs",
-    "resolve_model",
-    "CLIError",
-    "USER_ERRORS",
-    "MODEL_FACTORIES",
-    "WHISPER_WINDOW_SECONDS",
-    "PAPER_N_MASKS",
-]
+from captum_spes.cli._errors import CLIError
+from captum_spes.cli._models import _resolve_device, resolve_model
 
 #: Longest audio Whisper transcribes in one window, in seconds.
 WHISPER_WINDOW_SECONDS: float = 30.0
@@ -91,24 +28,6 @@ DEMO_N_MASKS: int = 500
 DEMO_BATCH_SIZE: int = 8
 SAMPLING_RATE: int = 16000
 LISTEN_TOP_PERCENT: float = 10.0
-
-#: Extra model names for ``--model``: name -> ``factory(device) -> (model, processor)``.
-#: Checked before the embedded models; not listed in ``--help``. The test-suite registers a
-#: tiny random Whisper here so that most CLI tests need no pretrained weights.
-MODEL_FACTORIES: dict[str, Callable[[str], tuple[Any, Any]]] = {}
-
-#: Errors that mean "bad argument, file or model": reported as one line, no traceback
-#: (unless ``--debug``). Every other exception is an internal error.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    InputError,
-    FileExistsError,
-    FileNotFoundError,
-    PermissionError,
-    IsADirectoryError,
-    NotADirectoryError,
-)
-
-_PROG = "captum-spes"
 _LISTEN_DIR = "listen"
 _OUTPUT_FILES = (
     "explanation.safetensors",
@@ -119,83 +38,13 @@ _OUTPUT_FILES = (
     "report.html",
     f"{_LISTEN_DIR}/*.wav",
 )
-_BUG_LINE = (
-    f"{_PROG}: internal error: this is a bug in captum-spes, not in your input; please report it "
-    f"with the traceback above, the command you ran and the output of `{_PROG} info`"
-)
-
-
-class CLIError(InputError):
-    """A user-facing error raised by the command-line interface itself."""
-
-
-# ----- errors -----------------------------------------------------------------------
-def _error_line(error: BaseException) -> str:
-    """One line of text for ``error`` (messages with newlines are folded)."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    return f"{_PROG}: error: {message}"
-
-
-def report_errors(command: Callable[[], int | None], *, debug: bool = False) -> int:
-    r"""Run ``command`` under the command line's error policy (module docstring); its exit status.
-
-    Args:
-        command (callable): the subcommand, bound to its arguments; returns its exit status
-            (None counts as 0).
-        debug (bool, optional): also print the traceback of user errors. Default: False
-
-    Returns:
-        *int* ``command``'s status; 1 after a user or an internal error, 130 after Ctrl-C.
-    """
-    try:
-        return int(command() or 0)
-    except KeyboardInterrupt:
-        if debug:
-            traceback.print_exc()
-        print(f"{_PROG}: interrupted", file=sys.stderr)
-        return 130
-    except USER_ERRORS as error:
-        if debug:
-            traceback.print_exc()
-        print(_error_line(error), file=sys.stderr)
-        return 1
-    except Exception:
-        traceback.print_exc()
-        print(_BUG_LINE, file=sys.stderr)
-        return 1
-
-
-#: the stopping rule of ``--n-masks auto`` (the library's ``n_masks="auto"``)
-AUTO_RULE: Any = None
-
-
-def _n_masks_argument(value: str) -> int | str:
-    """argparse type of ``--n-masks``: an int (checked later, with the other counts) or "auto"."""
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}") from None
 
 
 def _auto_rule() -> Any:
-    from captum_spes import AdaptiveMasks
+    from captum_spes import AdaptiveMasks, cli
 
-    return AUTO_RULE if AUTO_RULE is not None else AdaptiveMasks()
-
-
-def _level_argument(value: str) -> float | None:
-    """argparse type of ``--significance``: a level in (0, 1) or "none"."""
-    if value == "none":
-        return None
-    try:
-        level = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a level in (0, 1) such as 0.05, or 'none'; got {value!r}") from None
-    if not 0 < level < 1:
-        raise argparse.ArgumentTypeError(f"must be a level in (0, 1) such as 0.05, or 'none'; got {value!r}")
-    return level
+    # AUTO_RULE is read from the package, where it is documented and where tests patch it.
+    return cli.AUTO_RULE if cli.AUTO_RULE is not None else AdaptiveMasks()
 
 
 def _estimator_option(name: str | None) -> str | None:
@@ -226,41 +75,6 @@ def _format_duration(seconds: float) -> str:
 def _slug(text: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9]+", "_", text.strip()).strip("_").lower()
     return cleaned[:24] or "word"
-
-
-def _resolve_device(name: str) -> str:
-    import torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda was requested but CUDA is not available here; use --device cpu")
-    return name
-
-
-def resolve_model(name: str, device: str) -> tuple[Any, Any]:
-    r"""``(model, processor)`` for ``--model``: a registered factory, an embedded model, a
-    local folder or a hub id ``org/name``; any other bare name is refused without the hub.
-
-    Args:
-        name (str): the ``--model`` value.
-        device (str): ``"cpu"`` or ``"cuda"``.
-
-    Returns:
-        *tuple* ``(model, processor)``.
-
-    Raises:
-        CLIError: for an unknown name, or when the model cannot be loaded.
-    """
-    if name in MODEL_FACTORIES:
-        return MODEL_FACTORIES[name](device)
-    from captum_spes.models import EMBEDDED_MODELS, load_model
-
-    looks_like_path = os.sep in name or name.startswith((".", "~")) or Path(name).expanduser().exists()
-    if name not in EMBEDDED_MODELS and not looks_like_path and "/" not in name:
-        raise CLIError(
-            f"unknown model {name!r}: use an embedded model ({', '.join(sorted(EMBEDDED_MODELS))}), "
-            "a local model folder, or a Hugging Face hub id such as 'openai/whisper-tiny.en'"
-        )
-    return load_model(name, device=device)
 
 
 def refuse_existing_outputs(out: Path, names: Sequence[str], overwrite: bool) -> None:
@@ -569,7 +383,6 @@ def _print_files(files: Sequence[Path]) -> None:
         print(f"  {path}")
 
 
-# ----- subcommands ------------------------------------------------------------------
 def _run_options(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Validate the options ``explain`` and ``demo`` share, before any model is loaded."""
     options = dict(
@@ -671,170 +484,3 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _run_info(args: argparse.Namespace) -> int:
-    import torch
-
-    from captum_spes.models import embedded_model_status
-
-    print("Versions:")
-    for name in ("captum-spes", "captum", "torch", "transformers", "numpy"):
-        print(f"  {name:<13}{_version(name)}")
-    print(f"  {'python':<13}{platform.python_version()}")
-    if torch.cuda.is_available():
-        device = f"cuda available: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} device(s))"
-    else:
-        device = "cpu (cuda not available)"
-    print(f"Device: {device}")
-    print(f"Threads: {torch.get_num_threads()} torch threads, {os.cpu_count()} CPU cores")
-    print("Embedded models:")
-    for name, status in embedded_model_status().items():
-        if status["installed"]:
-            state = f"installed ({status['version']})"
-            state += (
-                f", cached at {status['cache_path']}"
-                if status["cached"]
-                else ", not yet cached (converted on first use)"
-            )
-        else:
-            state = f"not installed: {status['pip_command']}"
-        print(f"  {name:<8}{state}")
-    return 0
-
-
-# ----- parser -----------------------------------------------------------------------
-_DEBUG_HELP = "print the traceback of every error, user errors included"
-
-
-def _compare_module() -> Any:
-    """The comparison harness's CLI hooks (imported lazily: it pulls in Captum's methods)."""
-    from captum_spes.comparison import cli as comparison_cli
-
-    return comparison_cli
-
-
-def _add_run_options(parser: argparse.ArgumentParser, *, n_masks: int, batch_size: int, out: str | None) -> None:
-    parser.add_argument(
-        "--model",
-        default="tiny.en",
-        help="embedded model (tiny.en, base), local model folder, or hub id org/name (default: the embedded tiny.en)",
-    )
-    parser.add_argument(
-        "--n-masks",
-        type=_n_masks_argument,
-        default=n_masks,
-        help=f"spectrogram masks, or 'auto' to stop when the explanation's top is stable "
-        f"(default: {n_masks}; the published configuration uses {PAPER_N_MASKS})",
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=batch_size, help=f"masks per forward pass (default: {batch_size})"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random masks (default: 0)")
-    parser.add_argument(
-        "--estimator",
-        default=None,
-        help="how the masks' impacts become a map: coarse_to_fine or reference (the published estimator and "
-        "design); default: the library's (see docs/method.md)",
-    )
-    parser.add_argument(
-        "--significance",
-        type=_level_argument,
-        default=0.05,
-        help="figures and report draw what is not significant at this level faint (Benjamini-Hochberg per token); "
-        "'none' draws every element alike (default: 0.05)",
-    )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    parser.add_argument(
-        "--out",
-        default=out,
-        help="output directory" + (f" (default: {out})" if out else " (default: ./captum-spes-<audio name>)"),
-    )
-    parser.add_argument(
-        "--listen",
-        action="store_true",
-        help=f"also write each word's top {LISTEN_TOP_PERCENT:g} %% salient audio as WAV",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``captum-spes`` argument parser."""
-    from captum_spes import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="captum-spes",
-        description="SPES token-by-token explanations of speech-to-text models (Whisper).",
-    )
-    parser.add_argument("--version", action="version", version=f"captum-spes {__version__}")
-    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-
-    explain = commands.add_parser(
-        "explain",
-        help="explain the transcript of one audio file",
-        description="Transcribe AUDIO (at most 30 s) and explain every token with SPES.",
-    )
-    explain.add_argument("audio", metavar="AUDIO", help="audio file (WAV, FLAC, OGG, ...; at most 30 s)")
-    explain.add_argument(
-        "--task",
-        choices=("transcribe", "translate"),
-        default=None,
-        help="Whisper task (multilingual models only; default: the model's)",
-    )
-    explain.add_argument("--language", default=None, help="spoken language, e.g. en or sv (multilingual models)")
-    explain.add_argument("--target", default=None, help="explain this text instead of the model's transcript")
-    explain.add_argument(
-        "--contrast",
-        action="append",
-        metavar="POSITION_OR_WORD:FOIL",
-        help="also explain why the token at POSITION (or the first token reading WORD) was chosen rather than "
-        "FOIL, e.g. he:she (repeatable; a second attribution with the log-probability margin as impact)",
-    )
-    _add_run_options(explain, n_masks=2000, batch_size=8, out=None)
-    explain.set_defaults(func=_run_explain)
-
-    demo = commands.add_parser(
-        "demo",
-        help=f"explain a bundled clip ({DEMO_SAMPLE}) in a few minutes on a CPU",
-        description="Run SPES on a bundled clip with the embedded tiny.en and a CPU-sized mask count.",
-    )
-    demo.add_argument("--sample", default=DEMO_SAMPLE, help=f"bundled clip (default: {DEMO_SAMPLE})")
-    _add_run_options(demo, n_masks=DEMO_N_MASKS, batch_size=DEMO_BATCH_SIZE, out="captum-spes-demo")
-    demo.set_defaults(func=_run_demo)
-
-    info = commands.add_parser("info", help="versions, device, threads and embedded models")
-    info.set_defaults(func=_run_info)
-
-    compare = _compare_module()
-    sub = commands.add_parser(
-        "compare", help="compare SPES with Captum's Occlusion, FeatureAblation, IG, Saliency, InputXGradient"
-    )
-    compare.add_compare_arguments(sub)
-    sub.set_defaults(func=compare.run_compare)
-    from captum_spes.dataset.cli import add_dataset_commands
-
-    add_dataset_commands(commands)
-    for subparser in commands.choices.values():
-        # SUPPRESS: without the flag a subcommand leaves the global --debug as parsed.
-        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``captum-spes`` command line; returns the exit status (module docstring)."""
-    parser = build_parser()
-    args = parser.parse_args(None if argv is None else list(argv))
-    return report_errors(lambda: args.func(args), debug=args.debug)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
