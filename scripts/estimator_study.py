@@ -59,10 +59,11 @@ ALIGNED_CLIPS = [
 #: name -> SPES.attribute keyword arguments (filled in as estimators are added)
 CONFIGS: dict[str, dict[str, Any]] = {
     "reference": {"estimator": "reference"},
-    "coarse_to_fine": {"estimator": CoarseToFine()},
-    "coarse_to_fine_outside_coarse": {"estimator": CoarseToFine(outside="coarse")},
-    "coarse_to_fine_half": {"estimator": CoarseToFine(coarse_fraction=0.5)},
-    "coarse_to_fine_fine_atoms": {"estimator": CoarseToFine(masks_per_atom=1.0)},
+    # "coarse_to_fine" names the first design studied: SLIC coarse cells (frequency_bands=None).
+    "coarse_to_fine": {"estimator": CoarseToFine(frequency_bands=None)},
+    "coarse_to_fine_outside_coarse": {"estimator": CoarseToFine(outside="coarse", frequency_bands=None)},
+    "coarse_to_fine_half": {"estimator": CoarseToFine(coarse_fraction=0.5, frequency_bands=None)},
+    "coarse_to_fine_fine_atoms": {"estimator": CoarseToFine(masks_per_atom=1.0, frequency_bands=None)},
     "coarse_to_fine_bands2": {"estimator": CoarseToFine(frequency_bands=2)},
 }
 
@@ -219,12 +220,12 @@ VARIANTS: dict[str, list[Source]] = {
         ("reference", 2000, lambda: ReferenceEstimator(), [167, 167, 166]),
     ],
     "reference @ 2000": [("reference", 2000, lambda: ReferenceEstimator(), None)],
-    "coarse_to_fine @ 400": [("coarse_to_fine", 400, lambda: CoarseToFine(), None)],
-    "coarse_to_fine @ 500 (the demo's budget: coarse stage only)": [
-        ("coarse_to_fine", 500, lambda: CoarseToFine(), None),
-        ("coarse_to_fine", 2000, lambda: CoarseToFine(), 1),
+    "coarse_to_fine, SLIC cells @ 400": [("coarse_to_fine", 400, lambda: CoarseToFine(frequency_bands=None), None)],
+    "coarse_to_fine, SLIC cells @ 500": [
+        ("coarse_to_fine", 500, lambda: CoarseToFine(frequency_bands=None), None),
+        ("coarse_to_fine", 2000, lambda: CoarseToFine(frequency_bands=None), 1),
     ],
-    "coarse_to_fine @ 2000": [("coarse_to_fine", 2000, lambda: CoarseToFine(), None)],
+    "coarse_to_fine, SLIC cells @ 2000": [("coarse_to_fine", 2000, lambda: CoarseToFine(frequency_bands=None), None)],
     "coarse_to_fine, 2 frequency bands @ 500": [
         ("coarse_to_fine_bands2", 500, lambda: CoarseToFine(frequency_bands=2), None),
         ("coarse_to_fine_bands2", 2000, lambda: CoarseToFine(frequency_bands=2), 1),
@@ -232,9 +233,11 @@ VARIANTS: dict[str, list[Source]] = {
     "coarse_to_fine, 2 frequency bands @ 2000": [
         ("coarse_to_fine_bands2", 2000, lambda: CoarseToFine(frequency_bands=2), None)
     ],
-    "coarse_to_fine @ 2000, raw detail": [("coarse_to_fine", 2000, lambda: CoarseToFine(detail="raw"), None)],
-    "coarse_to_fine @ 2000, detail weighted by cell size": [
-        ("coarse_to_fine", 2000, lambda: CoarseToFine(detail_weight="cell"), None)
+    "coarse_to_fine, SLIC cells @ 2000, raw detail": [
+        ("coarse_to_fine", 2000, lambda: CoarseToFine(detail="raw", frequency_bands=None), None)
+    ],
+    "coarse_to_fine, SLIC cells @ 2000, detail weighted by cell size": [
+        ("coarse_to_fine", 2000, lambda: CoarseToFine(detail_weight="cell", frequency_bands=None), None)
     ],
 }
 

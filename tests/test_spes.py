@@ -336,11 +336,14 @@ def test_the_callers_utterance_id_is_saved(whisper, tmp_path):
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        # 1.2 s of speech: 160 masks give 40 coarse cells (>= 30 per second), 120 masks 30 (< 36).
-        ({"n_masks": 160}, "coarse_to_fine"),
-        ({"n_masks": 160, "feature_mask": "slic"}, "coarse_to_fine"),
-        ({"n_masks": 120}, "reference"),
-        ({"n_masks": 120, "estimator": "coarse_to_fine"}, "coarse_to_fine"),
+        # 1.2 s of speech: 160 masks give 40 SLIC cells (>= 30 per second x 1.2 s = 36); 80
+        # masks 20 (< 36), in 2 bands 10 time slices (>= 8 per second x 1.2 s = 9.6); 72 masks
+        # 18 cells, 9 slices (< 9.6): the reference.
+        ({"n_masks": 160}, ("coarse_to_fine", None)),
+        ({"n_masks": 160, "feature_mask": "slic"}, ("coarse_to_fine", None)),
+        ({"n_masks": 80}, ("coarse_to_fine", 2)),
+        ({"n_masks": 72}, "reference"),
+        ({"n_masks": 72, "estimator": "coarse_to_fine"}, ("coarse_to_fine", None)),
         ({"n_masks": [8, 8, 8]}, "reference"),
         ({"n_masks": 24, "feature_mask": "time"}, "reference"),
         ({"n_masks": 24, "token_p": 0.5, "token_masks": "joint"}, "reference"),
@@ -350,7 +353,11 @@ def test_the_callers_utterance_id_is_saved(whisper, tmp_path):
 def test_default_estimator_follows_the_design_asked_for(whisper, options, expected):
     options = {"token_p": None, **options}
     result = SPES(SpeechSeq2SeqWrapper(whisper)).attribute(whisper_features(), **options)
-    assert result.metadata["estimator"]["name"] == expected
+    design = result.metadata["estimator"]
+    if isinstance(expected, tuple):
+        assert (design["name"], design["frequency_bands"]) == expected
+    else:
+        assert design["name"] == expected
 
 
 def test_coarse_to_fine_refuses_per_level_counts(whisper):

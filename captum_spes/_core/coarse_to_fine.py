@@ -6,10 +6,11 @@ design (about 1 500 SLIC segments per level for a 3 s clip) needs its 20 000 mas
 estimator chooses its own design in two stages:
 
 1. **Coarse**: the segments of the mask family's finest level (the *atoms*, e.g. the
-   published SLIC superpixels) are grouped into ``round(n_coarse / masks_per_cell)`` coarse cells (SLIC on
-   the same image, each atom assigned to the cell holding most of it), and ``n_coarse`` masks
-   occlude cells independently with probability ``p``. Unknowns matched to the budget give
-   every cell a precise estimate.
+   published SLIC superpixels) are grouped into ``round(n_coarse / masks_per_cell)`` coarse
+   cells (SLIC superpixels of the same image, or a grid of mel bands times time slices; each
+   atom goes to the cell holding most of it), and ``n_coarse`` masks occlude cells
+   independently with probability ``p``. Unknowns matched to the budget give every cell a
+   precise estimate; cells must still be finer in time than words (:meth:`CoarseToFine.fit_to_speech`).
 2. **Refine**: the cells where the tokens' effects are (each token's best cells in turn, by
    the stage-1 z statistic) are split back into their atoms, as many as
    ``n_refine / masks_per_atom``; ``n_refine`` masks occlude those atoms independently with
@@ -54,11 +55,29 @@ from captum_spes.masks import MaskLevel, SLICMasks
 if TYPE_CHECKING:
     from captum_spes._core.utterance import Utterance
 
-__all__ = ["CoarseToFine", "nest"]
+__all__ = [
+    "CoarseToFine",
+    "nest",
+    "MIN_SLIC_CELLS_PER_SECOND",
+    "MIN_TIME_SLICES_PER_SECOND",
+    "FALLBACK_FREQUENCY_BANDS",
+]
 
 OUTSIDE = ("keep", "coarse")
 DETAIL = ("shrunk", "raw")
 DETAIL_WEIGHTS = ("atom", "cell")
+
+#: Coarse cells must be finer in time than words, or the map's peak straddles them. Measured
+#: (docs/results.md section 10, 500 masks): SLIC cells pointed at 0.95 with 42 cells per second
+#: (3 s) and at 0.71-0.73 with 17-21 (5-7 s); on a 26.7 s clip 1.9 per second pointed at 0.25.
+MIN_SLIC_CELLS_PER_SECOND = 30.0
+#: ... and a grid of bands this many time slices per second. Measured with 2 bands at 500 masks
+#: (62 slices): 11.8, 10.3 and 8.8 per second (5.3, 6.1, 7.1 s) pointed at 0.91, 0.83 and 0.80
+#: against the reference's 0.85, 0.74 and 0.85 on the same budget, with a per-token seed-to-seed
+#: top-5 % overlap of 0.70-0.71 against 0.09-0.10; 8 keeps the measured range (clips up to 7.8 s).
+MIN_TIME_SLICES_PER_SECOND = 8.0
+#: bands of the design ``estimator=None`` uses where SLIC cells would be too coarse in time
+FALLBACK_FREQUENCY_BANDS = 2
 
 
 def nest(fine: Tensor, coarse: Tensor) -> Tensor:
@@ -109,7 +128,10 @@ class CoarseToFine(Estimator):
             the spectrogram; an int ``B``: a grid of ``B`` equal mel bands times as many equal
             time slices as the cells allow (each atom in the grid cell holding most of it), so
             the cells are finer in time than square ones of the same area: a word's evidence
-            is contiguous in time and spread over frequency. Default: None
+            is contiguous in time and spread over frequency. On 5-7 s clips at 500 masks,
+            ``2`` halved the time width of SLIC's cells and raised the pointing game from
+            0.71-0.73 to 0.80-0.91, but SLIC's cells, which follow the spectrogram's edges,
+            kept the better deletion AUC (docs/results.md section 10). Default: None
     """
 
     name = "coarse_to_fine"
@@ -196,6 +218,33 @@ class CoarseToFine(Estimator):
     def coarse_cells(self, n_masks: int) -> int:
         """Coarse cells requested for a budget of ``n_masks`` (SLIC may return a few more or fewer)."""
         return max(2, round(self.coarse_masks(n_masks) / self.masks_per_cell))
+
+    def resolves_words(self, n_masks: int, seconds: float) -> bool:
+        """Whether ``n_masks`` give coarse cells fine enough in time for ``seconds`` of speech:
+        at least :data:`MIN_SLIC_CELLS_PER_SECOND` cells per second for SLIC cells,
+        :data:`MIN_TIME_SLICES_PER_SECOND` time slices per second for a grid of bands (both
+        measured: docs/results.md section 10)."""
+        cells = self.coarse_cells(n_masks)
+        if self.frequency_bands is None:
+            return cells >= MIN_SLIC_CELLS_PER_SECOND * seconds
+        return cells / self.frequency_bands >= MIN_TIME_SLICES_PER_SECOND * seconds
+
+    def fit_to_speech(self, n_masks: int, seconds: float) -> CoarseToFine | None:
+        """This design if its cells resolve words in ``seconds`` of speech; for SLIC cells too
+        coarse in time and a budget without a refine stage (below ``refine_from``), the same
+        settings with :data:`FALLBACK_FREQUENCY_BANDS` bands if those do; else None
+        (``estimator=None`` then uses the reference). Bands are no fallback with a refine
+        stage: at 2 000 masks on librivox_0880 their pointing game was 0.67 and deletion AUC
+        90.4, against 0.96 / 94.6 for SLIC cells and 0.83 / 94.6 for the reference
+        (docs/results.md section 10)."""
+        if self.resolves_words(n_masks, seconds):
+            return self
+        if self.frequency_bands is None and n_masks < self.refine_from:
+            settings = {key: value for key, value in self.config().items() if key != "name"}
+            banded = CoarseToFine(**{**settings, "frequency_bands": FALLBACK_FREQUENCY_BANDS})
+            if banded.resolves_words(n_masks, seconds):
+                return banded
+        return None
 
     def plan(self, utterance: Utterance, levels: Sequence[MaskLevel], n_masks: int, p: float) -> Iterator[MaskStage]:
         return self._stages(utterance, levels, n_masks, p)

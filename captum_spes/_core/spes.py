@@ -185,10 +185,12 @@ class SPES(PerturbationAttribution):
                 family's segments), ``"reference"`` (the published design and conditional-mean
                 estimator), any registered name (:data:`~captum_spes.ESTIMATORS`) or an
                 :class:`Estimator`. None: ``"coarse_to_fine"`` for one total budget when its
-                coarse stage has at least :data:`MIN_COARSE_CELLS_PER_SECOND` cells per second of
-                speech (e.g. 500 masks for up to about 4 s), chosen by measurement
-                (docs/results.md, "Trustworthy maps"); else ``"reference"`` (too few masks for
-                the length: coarse cells would be coarser than words), and also where the
+                coarse cells are fine enough in time for the speech
+                (:meth:`CoarseToFine.fit_to_speech`; with 500 or 2 000 masks: SLIC cells up
+                to about 4.2 s of speech; with 500, cells in 2 mel bands up to 7.8 s), chosen by
+                measurement (docs/results.md, "Trustworthy maps"); else ``"reference"`` (too
+                few masks for the length: coarse cells would be coarser than words), and also
+                where the
                 reference's own design is asked for: ``n_masks="auto"`` (its split-half rule),
                 one count per level, ``token_masks="joint"``, or a ``feature_mask`` other than
                 SLIC (the features are then the caller's). The choice is recorded in
@@ -553,22 +555,15 @@ def _default_estimator(
     return DEFAULT_ADAPTIVE_ESTIMATOR if reference_design else DEFAULT_ESTIMATOR
 
 
-#: ``estimator=None`` keeps coarse-to-fine only when its coarse stage has at least this many
-#: cells per second of speech. Measured (docs/results.md, section 10): on librivox_0880 (3 s)
-#: 30 and 42 cells per second pointed at 0.85 and 0.95; on acoustic_corpus (26.7 s) 200 masks
-#: gave 1.9 cells per second and a pointing game of 0.25, against the reference's 0.71.
-MIN_COARSE_CELLS_PER_SECOND = 30.0
-
-
 def _fit_default_to_speech(config: SPESConfig, seconds: float) -> SPESConfig:
-    """The default estimator for this utterance: the reference when coarse-to-fine's cells
-    would be coarser than words (too few masks for the length of the speech)."""
+    """The default estimator for this utterance: coarse-to-fine with SLIC cells, or (without a
+    refine stage) with cells in frequency bands where SLIC's would be coarser in time than
+    words, or the reference (too few masks for the length of the speech)."""
     estimator = config.estimator
     if not isinstance(estimator, CoarseToFine) or not isinstance(config.n_masks, int):
         return config
-    if estimator.coarse_cells(config.n_masks) >= MIN_COARSE_CELLS_PER_SECOND * seconds:
-        return config
-    return dataclasses.replace(config, estimator=resolve_estimator(DEFAULT_ADAPTIVE_ESTIMATOR))
+    fitted = estimator.fit_to_speech(config.n_masks, seconds)
+    return dataclasses.replace(config, estimator=fitted or resolve_estimator(DEFAULT_ADAPTIVE_ESTIMATOR))
 
 
 def _as_list(values: Tensor | None) -> list[float] | None:
