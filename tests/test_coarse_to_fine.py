@@ -71,7 +71,7 @@ def test_two_stage_map_by_hand(monkeypatch, detail_weight, refined_values, atom_
     # 4 atoms (2-frame columns of 4 mels: 8 elements) in 2 cells (atoms 0-1, atoms 2-3: 16 elements).
     monkeypatch.setattr(
         "captum_spes._core.coarse_to_fine._coarse_labels",
-        lambda utterance, levels, n: (torch.arange(8)[None, :] // 4).expand(4, 8),
+        lambda utterance, num_cells, frequency_bands: (torch.arange(8)[None, :] // 4).expand(4, 8),
     )
     settings = dict(
         coarse_fraction=0.5,

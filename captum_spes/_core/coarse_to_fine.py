@@ -34,6 +34,7 @@ below ``refine_from`` masks, all of it goes to the coarse stage.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -240,8 +241,8 @@ class CoarseToFine(Estimator):
         if self.resolves_words(n_masks, seconds):
             return self
         if self.frequency_bands is None and n_masks < self.refine_from:
-            settings = {key: value for key, value in self.config().items() if key != "name"}
-            banded = CoarseToFine(**{**settings, "frequency_bands": FALLBACK_FREQUENCY_BANDS})
+            banded = copy.copy(self)  # unbound: only settings to copy
+            banded.frequency_bands = FALLBACK_FREQUENCY_BANDS
             if banded.resolves_words(n_masks, seconds):
                 return banded
         return None

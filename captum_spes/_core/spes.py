@@ -190,8 +190,7 @@ class SPES(PerturbationAttribution):
                 to about 4.2 s of speech; with 500, cells in 2 mel bands up to 7.8 s), chosen by
                 measurement (docs/results.md, "Trustworthy maps"); else ``"reference"`` (too
                 few masks for the length: coarse cells would be coarser than words), and also
-                where the
-                reference's own design is asked for: ``n_masks="auto"`` (its split-half rule),
+                where the reference's own design is asked for: ``n_masks="auto"`` (its split-half rule),
                 one count per level, ``token_masks="joint"``, or a ``feature_mask`` other than
                 SLIC (the features are then the caller's). The choice is recorded in
                 ``metadata["estimator"]``. Default: None
