@@ -110,6 +110,10 @@ class SLICMasks(MaskFamily):
             before the min-max scaling. The reference models saw CMVN features, so its
             SLIC image was CMVN-normalised; Whisper sees raw log-mel features, so the
             default segments what the model sees. Default: False
+        time_spacing (float, optional): SLIC's distance per frame relative to per mel bin
+            (``spacing`` of :func:`~skimage.segmentation.slic`): above 1, segments are
+            narrower in time and taller in frequency, still following the spectrogram's
+            edges. Default: 1.0 (the reference's square metric)
     """
 
     name = "slic"
@@ -123,6 +127,7 @@ class SLICMasks(MaskFamily):
         threshold_duration: int | None = 750,
         dynamic: bool = True,
         cmvn: bool = False,
+        time_spacing: float = 1.0,
     ) -> None:
         n_segments = [int(n) for n in n_segments]
         if not n_segments or any(n < 1 for n in n_segments):
@@ -131,6 +136,8 @@ class SLICMasks(MaskFamily):
             raise InputError(f"compactness must be > 0, got {compactness}")
         if sigma < 0:
             raise InputError(f"sigma must be >= 0, got {sigma}")
+        if isinstance(time_spacing, bool) or not isinstance(time_spacing, (int, float)) or not time_spacing > 0:
+            raise InputError(f"time_spacing must be a number > 0 (1 = square metric), got {time_spacing!r}")
         if reference_duration < 1:
             raise InputError(f"reference_duration must be >= 1 frame, got {reference_duration}")
         if threshold_duration is not None and threshold_duration < 1:
@@ -142,6 +149,7 @@ class SLICMasks(MaskFamily):
         self.threshold_duration = threshold_duration
         self.dynamic = bool(dynamic)
         self.cmvn = bool(cmvn)
+        self.time_spacing = float(time_spacing)
 
     def requested_segments(self, num_frames: int) -> list[int]:
         """Segment count requested per level for an utterance of ``num_frames`` frames."""
@@ -174,6 +182,7 @@ class SLICMasks(MaskFamily):
                 sigma=self.sigma,
                 channel_axis=None,
                 start_label=1,
+                spacing=np.array([self.time_spacing, 1.0]),  # the image is (time, frequency)
             )
             relabeled, count = _relabel(torch.from_numpy(np.ascontiguousarray(labels.T)))
             levels.append(MaskLevel(relabeled, count, requested))
@@ -189,6 +198,7 @@ class SLICMasks(MaskFamily):
             "threshold_duration": self.threshold_duration,
             "dynamic": self.dynamic,
             "cmvn": self.cmvn,
+            "time_spacing": self.time_spacing,
         }
 
 

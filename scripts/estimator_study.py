@@ -56,6 +56,9 @@ ALIGNED_CLIPS = [
     "acoustic_corpus",
 ]
 
+#: stands for the design ``estimator=None`` picks for the clip's speech and the budget
+FIT_TO_SPEECH = "fit to speech"
+
 #: name -> SPES.attribute keyword arguments (filled in as estimators are added)
 CONFIGS: dict[str, dict[str, Any]] = {
     "reference": {"estimator": "reference"},
@@ -65,6 +68,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "coarse_to_fine_half": {"estimator": CoarseToFine(coarse_fraction=0.5, frequency_bands=None)},
     "coarse_to_fine_fine_atoms": {"estimator": CoarseToFine(masks_per_atom=1.0, frequency_bands=None)},
     "coarse_to_fine_bands2": {"estimator": CoarseToFine(frequency_bands=2)},
+    "coarse_to_fine_bands1": {"estimator": CoarseToFine(frequency_bands=1)},
+    "coarse_to_fine_slic_t8": {"estimator": CoarseToFine(time_spacing=8.0)},
+    # estimator=None's design for the clip and budget (CoarseToFine.fit_to_speech), recorded
+    "default": {"estimator": FIT_TO_SPEECH},
 }
 
 
@@ -144,7 +151,12 @@ class Study:
             return
         started = time.perf_counter()
         settings = dict(CONFIGS[config])
-        recorder = Recording(resolve_estimator(settings.pop("estimator", "reference")))
+        estimator = settings.pop("estimator", "reference")
+        if estimator == FIT_TO_SPEECH:
+            adapter = self.wrapper.adapter
+            seconds = adapter.frames_for_samples(int(self.sample(clip).waveform.shape[0])) / adapter.frame_rate
+            estimator = CoarseToFine().fit_to_speech(budget, seconds) or ReferenceEstimator()
+        recorder = Recording(resolve_estimator(estimator))
         recorded: list[Recording] = []
         original_bind = recorder.bind
 
@@ -230,6 +242,15 @@ VARIANTS: dict[str, list[Source]] = {
         ("coarse_to_fine_bands2", 500, lambda: CoarseToFine(frequency_bands=2), None),
         ("coarse_to_fine_bands2", 2000, lambda: CoarseToFine(frequency_bands=2), 1),
     ],
+    "coarse_to_fine, time slices (1 band) @ 500": [
+        ("coarse_to_fine_bands1", 500, lambda: CoarseToFine(frequency_bands=1), None)
+    ],
+    "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 500": [
+        ("coarse_to_fine_slic_t8", 500, lambda: CoarseToFine(time_spacing=8.0), None)
+    ],
+    "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 2000": [
+        ("coarse_to_fine_slic_t8", 2000, lambda: CoarseToFine(time_spacing=8.0), None)
+    ],
     "coarse_to_fine, 2 frequency bands @ 2000": [
         ("coarse_to_fine_bands2", 2000, lambda: CoarseToFine(frequency_bands=2), None)
     ],
@@ -242,6 +263,15 @@ VARIANTS: dict[str, list[Source]] = {
 }
 
 
+def _recorded_estimator(result: SPESResult) -> Estimator:
+    """The estimator a result was made with, from its metadata (for the fitted default)."""
+    recorded = result.metadata["estimator"]
+    if recorded["name"] != CoarseToFine.name:
+        return ReferenceEstimator()
+    settings = {key: recorded[key] for key in CoarseToFine().config() if key != "name"}
+    return CoarseToFine(**settings)
+
+
 def replay(study: Study, clip: str, trace: Path, make: Any, limit: Any, base: SPESResult) -> SPESResult:
     """A result of ``make()`` fed with the recorded batches (all of them, the first stages, or
     the first masks of every level)."""
@@ -250,7 +280,7 @@ def replay(study: Study, clip: str, trace: Path, make: Any, limit: Any, base: SP
     )
     levels = SLICMasks().segment(utterance.speech.float())
     batches = torch.load(trace)
-    estimator = make().bind(base.num_tokens, [lv.num_segments for lv in levels], "cpu")
+    estimator = (make() or _recorded_estimator(base)).bind(base.num_tokens, [lv.num_segments for lv in levels], "cpu")
     design = estimator.plan(utterance, levels, base.metadata["n_masks"], 0.5)
     if design is None:
         seen = [0] * len(levels)

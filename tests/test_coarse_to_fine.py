@@ -38,6 +38,9 @@ def test_shrinkage_by_hand():
         ({"detail_weight": "area"}, "detail_weight must be one of"),
         ({"frequency_bands": 0}, "frequency_bands must be None"),
         ({"frequency_bands": 2.0}, "frequency_bands must be None"),
+        ({"time_spacing": 0}, "time_spacing must be a number > 0"),
+        ({"time_spacing": True}, "time_spacing must be a number > 0"),
+        ({"time_spacing": 8.0, "frequency_bands": 2}, "time_spacing shapes SLIC cells"),
     ],
 )
 def test_bad_settings(kwargs, match):
@@ -71,7 +74,7 @@ def test_two_stage_map_by_hand(monkeypatch, detail_weight, refined_values, atom_
     # 4 atoms (2-frame columns of 4 mels: 8 elements) in 2 cells (atoms 0-1, atoms 2-3: 16 elements).
     monkeypatch.setattr(
         "captum_spes._core.coarse_to_fine._coarse_labels",
-        lambda utterance, num_cells, frequency_bands: (torch.arange(8)[None, :] // 4).expand(4, 8),
+        lambda utterance, num_cells, frequency_bands, time_spacing: (torch.arange(8)[None, :] // 4).expand(4, 8),
     )
     settings = dict(
         coarse_fraction=0.5,
@@ -127,24 +130,49 @@ def test_frequency_bands_make_a_grid_of_bands_and_time_slices():
     assert estimator.config()["frequency_bands"] == 2
 
 
+def test_time_spacing_narrows_the_slic_cells():
+    # A smooth random field (48 mels x 240 frames), so that SLIC trades colour against distance.
+    noise = torch.rand(1, 1, 48, 240, generator=torch.Generator().manual_seed(0))
+    field = torch.nn.functional.avg_pool2d(noise, 5, stride=1, padding=2)
+    utterance = Utterance.prepare(field[0], InputLayout("mel_first"))
+
+    def median_width(labels):
+        widths = [
+            float(col.nonzero().max() - col.nonzero().min() + 1)
+            for col in ((labels == k).any(0) for k in range(int(labels.max()) + 1))
+        ]
+        return torch.tensor(widths).median().item()
+
+    square = _coarse_labels(utterance, 30, None, 1.0)
+    narrow = _coarse_labels(utterance, 30, None, 8.0)
+    assert median_width(narrow) <= median_width(square) / 2
+
+
 def test_cells_fine_enough_in_time_for_the_speech():
-    # 500 masks: 125 cells. As SLIC cells, at 30 per second: enough for 4.17 s of speech; in 2
-    # bands 62.5 time slices at 8 per second: 7.8 s; in 1 band 125 slices: 15.6 s.
-    slic, banded, one_band = CoarseToFine(), CoarseToFine(frequency_bands=2), CoarseToFine(frequency_bands=1)
-    assert slic.resolves_words(500, 4.16) and not slic.resolves_words(500, 4.17)
+    # 500 masks: 125 cells. Square SLIC cells at 30 per second: enough for 4.17 s of speech;
+    # narrowed in time at 17 per second: 7.35 s; in 2 bands 62.5 time slices at 8 per second:
+    # 7.8 s; in 1 band 125 slices: 15.6 s.
+    square, narrow = CoarseToFine(), CoarseToFine(time_spacing=8.0)
+    banded, one_band = CoarseToFine(frequency_bands=2), CoarseToFine(frequency_bands=1)
+    assert square.resolves_words(500, 4.16) and not square.resolves_words(500, 4.17)
+    assert narrow.resolves_words(500, 7.35) and not narrow.resolves_words(500, 7.36)
+    assert CoarseToFine(time_spacing=16.0).resolves_words(500, 7.35)
+    assert not CoarseToFine(time_spacing=4.0).resolves_words(500, 4.17)  # unmeasured: as square
     assert banded.resolves_words(500, 7.8) and not banded.resolves_words(500, 7.9)
     assert one_band.resolves_words(500, 15.6) and not one_band.resolves_words(500, 15.7)
     # 2000 masks: the coarse stage has 500 masks too (a quarter), the same cells.
-    assert slic.resolves_words(2000, 4.16) and not slic.resolves_words(2000, 4.17)
-    # Fitted to the speech: SLIC cells where they resolve words, else (below refine_from) 2 bands
-    # with the same settings, else nothing (the default then takes the reference); bands stay.
+    assert square.resolves_words(2000, 4.16) and not square.resolves_words(2000, 4.17)
+    # Fitted to the speech: square cells where they resolve words, else the same settings with
+    # cells narrowed in time, else nothing (the default then takes the reference).
     custom = CoarseToFine(masks_per_atom=3.0)
     assert custom.fit_to_speech(500, 4.0) is custom
-    fitted = custom.fit_to_speech(500, 6.0)
-    assert fitted.config() == {**custom.config(), "frequency_bands": 2}
-    assert custom.fit_to_speech(500, 8.0) is None
-    # With a refine stage (2000 >= refine_from masks) bands are no fallback: the reference.
-    assert custom.fit_to_speech(2000, 4.0) is custom and custom.fit_to_speech(2000, 6.0) is None
+    assert custom.fit_to_speech(500, 6.0).config() == {**custom.config(), "time_spacing": 8.0}
+    assert custom.fit_to_speech(2000, 6.0).config() == {**custom.config(), "time_spacing": 8.0}
+    assert custom.fit_to_speech(500, 7.4) is None and custom.fit_to_speech(2000, 7.4) is None
+    assert CoarseToFine(time_spacing=4.0).fit_to_speech(500, 5.0).time_spacing == 8.0
+    # A design asked for stays what it is, or nothing: narrow cells and bands are not changed.
+    assert narrow.fit_to_speech(500, 7.0) is narrow and narrow.fit_to_speech(500, 7.4) is None
+    assert banded.fit_to_speech(500, 7.0) is banded and banded.fit_to_speech(500, 8.0) is None
     assert one_band.fit_to_speech(500, 15.0) is one_band and one_band.fit_to_speech(500, 16.0) is None
 
 

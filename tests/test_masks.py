@@ -93,9 +93,36 @@ def test_slic_constant_input_gives_valid_labels():
     _assert_valid_level(levels[0], (8, 20))
 
 
+def _median_extents(level):
+    """Median time and mel extent (bounding box) of a level's segments."""
+    widths, heights = [], []
+    for segment in range(level.num_segments):
+        inside = level.labels == segment
+        frames, mels = inside.any(0).nonzero()[:, 0], inside.any(1).nonzero()[:, 0]
+        widths.append(float(frames.max() - frames.min() + 1))
+        heights.append(float(mels.max() - mels.min() + 1))
+    return torch.tensor(widths).median().item(), torch.tensor(heights).median().item()
+
+
+def test_slic_time_spacing_narrows_segments_in_time():
+    # A smooth random field, so that SLIC trades colour against distance as on a spectrogram.
+    noise = torch.rand(1, 1, 48, 240, generator=torch.Generator().manual_seed(0))
+    image = torch.nn.functional.avg_pool2d(noise, 5, stride=1, padding=2)[0, 0]
+    square = SLICMasks(n_segments=(30,), dynamic=False).segment(image)[0]
+    default = SLICMasks(n_segments=(30,), dynamic=False, time_spacing=1.0).segment(image)[0]
+    narrow = SLICMasks(n_segments=(30,), dynamic=False, time_spacing=8.0).segment(image)[0]
+    assert torch.equal(square.labels, default.labels)  # 1 is the reference's square metric
+    (square_width, square_height), (narrow_width, narrow_height) = _median_extents(square), _median_extents(narrow)
+    assert narrow_width <= square_width / 2 and narrow_height > square_height
+    _assert_valid_level(narrow, (48, 240))
+    assert SLICMasks(time_spacing=8).config()["time_spacing"] == 8.0
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
+        {"time_spacing": 0},
+        {"time_spacing": "8"},
         {"n_segments": ()},
         {"n_segments": (0,)},
         {"compactness": 0},

@@ -336,14 +336,14 @@ def test_the_callers_utterance_id_is_saved(whisper, tmp_path):
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        # 1.2 s of speech: 160 masks give 40 SLIC cells (>= 30 per second x 1.2 s = 36); 80
-        # masks 20 (< 36), in 2 bands 10 time slices (>= 8 per second x 1.2 s = 9.6); 72 masks
-        # 18 cells, 9 slices (< 9.6): the reference.
-        ({"n_masks": 160}, ("coarse_to_fine", None)),
-        ({"n_masks": 160, "feature_mask": "slic"}, ("coarse_to_fine", None)),
-        ({"n_masks": 80}, ("coarse_to_fine", 2)),
+        # 1.2 s of speech: 160 masks give 40 square SLIC cells (>= 30 per second x 1.2 s = 36);
+        # 88 masks 22 (< 36), narrowed in time enough (>= 17 per second x 1.2 s = 20.4); 72
+        # masks 18 (< 20.4): the reference.
+        ({"n_masks": 160}, ("coarse_to_fine", 1.0)),
+        ({"n_masks": 160, "feature_mask": "slic"}, ("coarse_to_fine", 1.0)),
+        ({"n_masks": 88}, ("coarse_to_fine", 8.0)),
         ({"n_masks": 72}, "reference"),
-        ({"n_masks": 72, "estimator": "coarse_to_fine"}, ("coarse_to_fine", None)),
+        ({"n_masks": 72, "estimator": "coarse_to_fine"}, ("coarse_to_fine", 1.0)),
         ({"n_masks": [8, 8, 8]}, "reference"),
         ({"n_masks": 24, "feature_mask": "time"}, "reference"),
         ({"n_masks": 24, "token_p": 0.5, "token_masks": "joint"}, "reference"),
@@ -355,7 +355,7 @@ def test_default_estimator_follows_the_design_asked_for(whisper, options, expect
     result = SPES(SpeechSeq2SeqWrapper(whisper)).attribute(whisper_features(), **options)
     design = result.metadata["estimator"]
     if isinstance(expected, tuple):
-        assert (design["name"], design["frequency_bands"]) == expected
+        assert (design["name"], design["time_spacing"]) == expected
     else:
         assert design["name"] == expected
 

@@ -61,7 +61,8 @@ __all__ = [
     "nest",
     "MIN_SLIC_CELLS_PER_SECOND",
     "MIN_TIME_SLICES_PER_SECOND",
-    "FALLBACK_FREQUENCY_BANDS",
+    "NARROW_TIME_SPACING",
+    "MIN_NARROW_SLIC_CELLS_PER_SECOND",
 ]
 
 OUTSIDE = ("keep", "coarse")
@@ -69,16 +70,20 @@ DETAIL = ("shrunk", "raw")
 DETAIL_WEIGHTS = ("atom", "cell")
 
 #: Coarse cells must be finer in time than words, or the map's peak straddles them. Measured
-#: (docs/results.md section 10, 500 masks): SLIC cells pointed at 0.95 with 42 cells per second
-#: (3 s) and at 0.71-0.73 with 17-21 (5-7 s); on a 26.7 s clip 1.9 per second pointed at 0.25.
+#: (docs/results.md section 10, 500 masks): square SLIC cells pointed at 0.95 with 38-42 cells
+#: per second (3 s) and at 0.71-0.73 with 17-24 (5-7 s); on a 26.7 s clip 1.9 per second
+#: pointed at 0.25.
 MIN_SLIC_CELLS_PER_SECOND = 30.0
+#: SLIC cells narrowed in time (``time_spacing`` this or more): taller in frequency, still
+#: following the spectrogram's edges. On the same 5-7 s clips and budget (117-131 cells, 17.6 to
+#: 23.6 per second) they pointed at 0.97, 0.88 and 0.92, with a per-token seed-to-seed top-5 %
+#: overlap of 0.62-0.69 ...
+NARROW_TIME_SPACING = 8.0
+#: ... down to this many cells per second (the measured range: 7.3 s of speech at 500 masks).
+MIN_NARROW_SLIC_CELLS_PER_SECOND = 17.0
 #: ... and a grid of bands this many time slices per second. Measured with 2 bands at 500 masks
-#: (62 slices): 11.8, 10.3 and 8.8 per second (5.3, 6.1, 7.1 s) pointed at 0.91, 0.83 and 0.80
-#: against the reference's 0.85, 0.74 and 0.85 on the same budget, with a per-token seed-to-seed
-#: top-5 % overlap of 0.70-0.71 against 0.09-0.10; 8 keeps the measured range (clips up to 7.8 s).
+#: (62 slices): 11.8, 10.3 and 8.8 per second (5.3, 6.1, 7.1 s) pointed at 0.91, 0.83 and 0.80.
 MIN_TIME_SLICES_PER_SECOND = 8.0
-#: bands of the design ``estimator=None`` uses where SLIC cells would be too coarse in time
-FALLBACK_FREQUENCY_BANDS = 2
 
 
 def nest(fine: Tensor, coarse: Tensor) -> Tensor:
@@ -133,6 +138,11 @@ class CoarseToFine(Estimator):
             ``2`` halved the time width of SLIC's cells and raised the pointing game from
             0.71-0.73 to 0.80-0.91, but SLIC's cells, which follow the spectrogram's edges,
             kept the better deletion AUC (docs/results.md section 10). Default: None
+        time_spacing (float): for SLIC cells, their distance per frame relative to per mel
+            bin (:class:`~captum_spes.masks.SLICMasks`): above 1 the cells are narrower in time
+            and taller in frequency for the same count, and still follow the spectrogram's
+            edges. ``estimator=None`` narrows them (:data:`NARROW_TIME_SPACING`) where square
+            cells would be wider than words (:meth:`fit_to_speech`). Default: 1.0
     """
 
     name = "coarse_to_fine"
@@ -147,6 +157,7 @@ class CoarseToFine(Estimator):
         detail: str = "shrunk",
         detail_weight: str = "atom",
         frequency_bands: int | None = None,
+        time_spacing: float = 1.0,
     ) -> None:
         super().__init__()
         if (
@@ -170,6 +181,10 @@ class CoarseToFine(Estimator):
             isinstance(frequency_bands, bool) or not isinstance(frequency_bands, int) or frequency_bands < 1
         ):
             raise InputError(f"frequency_bands must be None (SLIC cells) or an int >= 1, got {frequency_bands!r}")
+        if isinstance(time_spacing, bool) or not isinstance(time_spacing, (int, float)) or not time_spacing > 0:
+            raise InputError(f"time_spacing must be a number > 0 (1 = square SLIC cells), got {time_spacing!r}")
+        if time_spacing != 1 and frequency_bands is not None:
+            raise InputError("time_spacing shapes SLIC cells: pass frequency_bands=None with it, or leave it at 1.0")
         self.coarse_fraction = float(coarse_fraction)
         self.masks_per_cell = float(masks_per_cell)
         self.masks_per_atom = float(masks_per_atom)
@@ -178,6 +193,7 @@ class CoarseToFine(Estimator):
         self.detail = detail
         self.detail_weight = detail_weight
         self.frequency_bands = frequency_bands
+        self.time_spacing = float(time_spacing)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -190,6 +206,7 @@ class CoarseToFine(Estimator):
             "detail": self.detail,
             "detail_weight": self.detail_weight,
             "frequency_bands": self.frequency_bands,
+            "time_spacing": self.time_spacing,
         }
 
     def for_tokens(self) -> Estimator:
@@ -222,29 +239,29 @@ class CoarseToFine(Estimator):
 
     def resolves_words(self, n_masks: int, seconds: float) -> bool:
         """Whether ``n_masks`` give coarse cells fine enough in time for ``seconds`` of speech:
-        at least :data:`MIN_SLIC_CELLS_PER_SECOND` cells per second for SLIC cells,
-        :data:`MIN_TIME_SLICES_PER_SECOND` time slices per second for a grid of bands (both
+        at least :data:`MIN_SLIC_CELLS_PER_SECOND` square SLIC cells per second,
+        :data:`MIN_NARROW_SLIC_CELLS_PER_SECOND` SLIC cells narrowed in time (``time_spacing``
+        at least :data:`NARROW_TIME_SPACING`; spacings between 1 and that count as square),
+        :data:`MIN_TIME_SLICES_PER_SECOND` time slices per second for a grid of bands (all
         measured: docs/results.md section 10)."""
         cells = self.coarse_cells(n_masks)
-        if self.frequency_bands is None:
-            return cells >= MIN_SLIC_CELLS_PER_SECOND * seconds
-        return cells / self.frequency_bands >= MIN_TIME_SLICES_PER_SECOND * seconds
+        if self.frequency_bands is not None:
+            return cells / self.frequency_bands >= MIN_TIME_SLICES_PER_SECOND * seconds
+        narrow = self.time_spacing >= NARROW_TIME_SPACING
+        return cells >= (MIN_NARROW_SLIC_CELLS_PER_SECOND if narrow else MIN_SLIC_CELLS_PER_SECOND) * seconds
 
     def fit_to_speech(self, n_masks: int, seconds: float) -> CoarseToFine | None:
-        """This design if its cells resolve words in ``seconds`` of speech; for SLIC cells too
-        coarse in time and a budget without a refine stage (below ``refine_from``), the same
-        settings with :data:`FALLBACK_FREQUENCY_BANDS` bands if those do; else None
-        (``estimator=None`` then uses the reference). Bands are no fallback with a refine
-        stage: at 2 000 masks on librivox_0880 their pointing game was 0.67 and deletion AUC
-        90.4, against 0.96 / 94.6 for SLIC cells and 0.83 / 94.6 for the reference
-        (docs/results.md section 10)."""
+        """This design if its cells resolve words in ``seconds`` of speech (:meth:`resolves_words`);
+        for square SLIC cells that do not, the same settings with cells narrowed in time
+        (``time_spacing=NARROW_TIME_SPACING``) if those do; else None (``estimator=None`` then
+        uses the reference)."""
         if self.resolves_words(n_masks, seconds):
             return self
-        if self.frequency_bands is None and n_masks < self.refine_from:
-            banded = copy.copy(self)  # unbound: only settings to copy
-            banded.frequency_bands = FALLBACK_FREQUENCY_BANDS
-            if banded.resolves_words(n_masks, seconds):
-                return banded
+        if self.frequency_bands is None and self.time_spacing < NARROW_TIME_SPACING:
+            narrowed = copy.copy(self)  # unbound: only settings to copy
+            narrowed.time_spacing = NARROW_TIME_SPACING
+            if narrowed.resolves_words(n_masks, seconds):
+                return narrowed
         return None
 
     def plan(self, utterance: Utterance, levels: Sequence[MaskLevel], n_masks: int, p: float) -> Iterator[MaskStage]:
@@ -258,7 +275,7 @@ class CoarseToFine(Estimator):
         num_atoms = int(atoms.max()) + 1
         n_coarse = self.coarse_masks(n_masks)
         cells_wanted = min(num_atoms, self.coarse_cells(n_masks))
-        cell_of_atom = nest(atoms, _coarse_labels(utterance, cells_wanted, self.frequency_bands))
+        cell_of_atom = nest(atoms, _coarse_labels(utterance, cells_wanted, self.frequency_bands, self.time_spacing))
         cells = cell_of_atom[atoms]
         num_cells = int(cell_of_atom.max()) + 1
         self.design = {
@@ -416,13 +433,16 @@ def shrinkage(detail: Tensor, standard_error: Tensor, cells: Tensor, num_cells: 
     return torch.where(finite & (tau > 0), tau / (tau + variance), torch.zeros_like(detail))
 
 
-def _coarse_labels(utterance: Utterance, num_cells: int, frequency_bands: int | None) -> Tensor:
+def _coarse_labels(
+    utterance: Utterance, num_cells: int, frequency_bands: int | None, time_spacing: float = 1.0
+) -> Tensor:
     """About ``num_cells`` coarse cells of the speech frames, ``(n_mels, num_frames)``: SLIC
-    superpixels (published compactness and sigma), or a grid of ``frequency_bands`` equal mel
-    bands times equal time slices."""
+    superpixels (published compactness and sigma; ``time_spacing`` as in :class:`SLICMasks`),
+    or a grid of ``frequency_bands`` equal mel bands times equal time slices."""
     speech = utterance.speech.detach().float().cpu()
     if frequency_bands is None:
-        return SLICMasks(n_segments=[num_cells], dynamic=False).segment(speech)[0].labels
+        family = SLICMasks(n_segments=[num_cells], dynamic=False, time_spacing=time_spacing)
+        return family.segment(speech)[0].labels
     n_mels, num_frames = speech.shape
     bands = min(frequency_bands, n_mels)
     slices = max(1, min(num_frames, round(num_cells / bands)))

@@ -186,8 +186,8 @@ class SPES(PerturbationAttribution):
                 estimator), any registered name (:data:`~captum_spes.ESTIMATORS`) or an
                 :class:`Estimator`. None: ``"coarse_to_fine"`` for one total budget when its
                 coarse cells are fine enough in time for the speech
-                (:meth:`CoarseToFine.fit_to_speech`; with 500 or 2 000 masks: SLIC cells up
-                to about 4.2 s of speech; with 500, cells in 2 mel bands up to 7.8 s), chosen by
+                (:meth:`CoarseToFine.fit_to_speech`; with 500 or 2 000 masks: square SLIC
+                cells up to about 4.2 s of speech, SLIC cells narrowed in time up to 7.3 s), chosen by
                 measurement (docs/results.md, "Trustworthy maps"); else ``"reference"`` (too
                 few masks for the length: coarse cells would be coarser than words), and also
                 where the reference's own design is asked for: ``n_masks="auto"`` (its split-half rule),
@@ -555,9 +555,9 @@ def _default_estimator(
 
 
 def _fit_default_to_speech(config: SPESConfig, seconds: float) -> SPESConfig:
-    """The default estimator for this utterance: coarse-to-fine with SLIC cells, or (without a
-    refine stage) with cells in frequency bands where SLIC's would be coarser in time than
-    words, or the reference (too few masks for the length of the speech)."""
+    """The default estimator for this utterance: coarse-to-fine with square SLIC cells, or with
+    SLIC cells narrowed in time where square ones would be coarser in time than words, or the
+    reference (too few masks for the length of the speech)."""
     estimator = config.estimator
     if not isinstance(estimator, CoarseToFine) or not isinstance(config.n_masks, int):
         return config
