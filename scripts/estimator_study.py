@@ -56,9 +56,6 @@ ALIGNED_CLIPS = [
     "acoustic_corpus",
 ]
 
-#: stands for the design ``estimator=None`` picks for the clip's speech and the budget
-FIT_TO_SPEECH = "fit to speech"
-
 #: name -> SPES.attribute keyword arguments (filled in as estimators are added)
 CONFIGS: dict[str, dict[str, Any]] = {
     "reference": {"estimator": "reference"},
@@ -70,8 +67,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "coarse_to_fine_bands2": {"estimator": CoarseToFine(frequency_bands=2)},
     "coarse_to_fine_bands1": {"estimator": CoarseToFine(frequency_bands=1)},
     "coarse_to_fine_slic_t8": {"estimator": CoarseToFine(time_spacing=8.0)},
-    # estimator=None's design for the clip and budget (CoarseToFine.fit_to_speech), recorded
-    "default": {"estimator": FIT_TO_SPEECH},
 }
 
 
@@ -151,12 +146,7 @@ class Study:
             return
         started = time.perf_counter()
         settings = dict(CONFIGS[config])
-        estimator = settings.pop("estimator", "reference")
-        if estimator == FIT_TO_SPEECH:
-            adapter = self.wrapper.adapter
-            seconds = adapter.frames_for_samples(int(self.sample(clip).waveform.shape[0])) / adapter.frame_rate
-            estimator = CoarseToFine().fit_to_speech(budget, seconds) or ReferenceEstimator()
-        recorder = Recording(resolve_estimator(estimator))
+        recorder = Recording(resolve_estimator(settings.pop("estimator", "reference")))
         recorded: list[Recording] = []
         original_bind = recorder.bind
 
@@ -263,15 +253,6 @@ VARIANTS: dict[str, list[Source]] = {
 }
 
 
-def _recorded_estimator(result: SPESResult) -> Estimator:
-    """The estimator a result was made with, from its metadata (for the fitted default)."""
-    recorded = result.metadata["estimator"]
-    if recorded["name"] != CoarseToFine.name:
-        return ReferenceEstimator()
-    settings = {key: recorded[key] for key in CoarseToFine().config() if key != "name"}
-    return CoarseToFine(**settings)
-
-
 def replay(study: Study, clip: str, trace: Path, make: Any, limit: Any, base: SPESResult) -> SPESResult:
     """A result of ``make()`` fed with the recorded batches (all of them, the first stages, or
     the first masks of every level)."""
@@ -280,7 +261,7 @@ def replay(study: Study, clip: str, trace: Path, make: Any, limit: Any, base: SP
     )
     levels = SLICMasks().segment(utterance.speech.float())
     batches = torch.load(trace)
-    estimator = (make() or _recorded_estimator(base)).bind(base.num_tokens, [lv.num_segments for lv in levels], "cpu")
+    estimator = make().bind(base.num_tokens, [lv.num_segments for lv in levels], "cpu")
     design = estimator.plan(utterance, levels, base.metadata["n_masks"], 0.5)
     if design is None:
         seen = [0] * len(levels)
