@@ -67,6 +67,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "coarse_to_fine_bands2": {"estimator": CoarseToFine(frequency_bands=2)},
     "coarse_to_fine_bands1": {"estimator": CoarseToFine(frequency_bands=1)},
     "coarse_to_fine_slic_t8": {"estimator": CoarseToFine(time_spacing=8.0)},
+    "coarse_to_fine_slic_t16": {"estimator": CoarseToFine(time_spacing=16.0)},
 }
 
 
@@ -238,8 +239,14 @@ VARIANTS: dict[str, list[Source]] = {
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 500": [
         ("coarse_to_fine_slic_t8", 500, lambda: CoarseToFine(time_spacing=8.0), None)
     ],
+    "coarse_to_fine, SLIC cells narrower in time (time_spacing 16) @ 500": [
+        ("coarse_to_fine_slic_t16", 500, lambda: CoarseToFine(time_spacing=16.0), None)
+    ],
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 2000": [
         ("coarse_to_fine_slic_t8", 2000, lambda: CoarseToFine(time_spacing=8.0), None)
+    ],
+    "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 2000, raw detail": [
+        ("coarse_to_fine_slic_t8", 2000, lambda: CoarseToFine(time_spacing=8.0, detail="raw"), None)
     ],
     "coarse_to_fine, 2 frequency bands @ 2000": [
         ("coarse_to_fine_bands2", 2000, lambda: CoarseToFine(frequency_bands=2), None)

@@ -162,6 +162,7 @@ def test_explain_tiny_model_writes_everything(tiny_run: tuple[Path, str, str]) -
     out, stdout, err = tiny_run
     assert "Transcript: w" in stdout
     assert "Estimated time: ~" in stdout and "for 6 masks (measured" in stdout and "per batch of 3" in stdout
+    assert "first batches run slower, so expect less" in stdout
     assert "SPES attribution" in err  # the progress bar
     assert "Traceback" not in err
     result = _check_outputs(out, listen=True)

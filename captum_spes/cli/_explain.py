@@ -130,7 +130,12 @@ def _estimate_seconds(n_masks: int, batch: int, batch_s: float, token_batch_s: f
 
 def _measure_batches(wrapper: Any, features: Any, batch: int) -> tuple[float, float]:
     """Seconds of one batched spectrogram pass (encoder + decoder, ``batch`` rows) and of one
-    decoder-only token-mask pass, after a clean (warm-up) pass."""
+    decoder-only token-mask pass, after a clean (warm-up) pass.
+
+    The first batch of a size runs slower than the later ones (on the idle 2-core CPU the
+    demo's estimate was 4.2 minutes for 177 s; under load the first of four batches of 8 took
+    7.5 s against 5.7-6.4 s), so the estimate is an upper bound; timing a second batch would
+    add a batch to every run to print a closer figure."""
     import torch
 
     with torch.inference_mode():
@@ -201,7 +206,7 @@ def _explain_waveform(
         f"Estimated time: {'up to ' if rule is not None else ''}{_format_duration(estimate)} for "
         f"{'at most ' if rule is not None else ''}{planned} masks "
         f"(measured {batch_s:.2f} s per batch of {batch_size}; plus as many token masks, "
-        f"decoder only, {token_s:.2f} s per batch)",
+        f"decoder only, {token_s:.2f} s per batch; first batches run slower, so expect less)",
         flush=True,
     )
     if rule is not None:
