@@ -55,6 +55,13 @@ class MaskLevel:
     requested_segments: int | None = None
 
 
+def check_time_spacing(time_spacing: Any) -> float:
+    """``time_spacing`` of SLIC segments as a float, or an :class:`InputError` naming it."""
+    if isinstance(time_spacing, bool) or not isinstance(time_spacing, (int, float)) or not time_spacing > 0:
+        raise InputError(f"time_spacing must be a number > 0 (1 = square SLIC segments), got {time_spacing!r}")
+    return float(time_spacing)
+
+
 def _relabel(labels: Tensor) -> tuple[Tensor, int]:
     """Make ids contiguous from 0, preserving their order."""
     unique, inverse = torch.unique(labels, return_inverse=True)
@@ -136,8 +143,6 @@ class SLICMasks(MaskFamily):
             raise InputError(f"compactness must be > 0, got {compactness}")
         if sigma < 0:
             raise InputError(f"sigma must be >= 0, got {sigma}")
-        if isinstance(time_spacing, bool) or not isinstance(time_spacing, (int, float)) or not time_spacing > 0:
-            raise InputError(f"time_spacing must be a number > 0 (1 = square metric), got {time_spacing!r}")
         if reference_duration < 1:
             raise InputError(f"reference_duration must be >= 1 frame, got {reference_duration}")
         if threshold_duration is not None and threshold_duration < 1:
@@ -149,7 +154,7 @@ class SLICMasks(MaskFamily):
         self.threshold_duration = threshold_duration
         self.dynamic = bool(dynamic)
         self.cmvn = bool(cmvn)
-        self.time_spacing = float(time_spacing)
+        self.time_spacing = check_time_spacing(time_spacing)
 
     def requested_segments(self, num_frames: int) -> list[int]:
         """Segment count requested per level for an utterance of ``num_frames`` frames."""

@@ -51,7 +51,7 @@ from captum_spes._core.estimators import (
     units_of,
 )
 from captum_spes.errors import InputError
-from captum_spes.masks import MaskLevel, SLICMasks
+from captum_spes.masks import MaskLevel, SLICMasks, check_time_spacing
 
 if TYPE_CHECKING:
     from captum_spes._core.utterance import Utterance
@@ -181,8 +181,7 @@ class CoarseToFine(Estimator):
             isinstance(frequency_bands, bool) or not isinstance(frequency_bands, int) or frequency_bands < 1
         ):
             raise InputError(f"frequency_bands must be None (SLIC cells) or an int >= 1, got {frequency_bands!r}")
-        if isinstance(time_spacing, bool) or not isinstance(time_spacing, (int, float)) or not time_spacing > 0:
-            raise InputError(f"time_spacing must be a number > 0 (1 = square SLIC cells), got {time_spacing!r}")
+        time_spacing = check_time_spacing(time_spacing)
         if time_spacing != 1 and frequency_bands is not None:
             raise InputError("time_spacing shapes SLIC cells: pass frequency_bands=None with it, or leave it at 1.0")
         self.coarse_fraction = float(coarse_fraction)
@@ -193,7 +192,7 @@ class CoarseToFine(Estimator):
         self.detail = detail
         self.detail_weight = detail_weight
         self.frequency_bands = frequency_bands
-        self.time_spacing = float(time_spacing)
+        self.time_spacing = time_spacing
 
     def config(self) -> dict[str, Any]:
         return {
