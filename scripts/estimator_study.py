@@ -68,6 +68,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "coarse_to_fine_bands1": {"estimator": CoarseToFine(frequency_bands=1)},
     "coarse_to_fine_slic_t8": {"estimator": CoarseToFine(time_spacing=8.0)},
     "coarse_to_fine_slic_t16": {"estimator": CoarseToFine(time_spacing=16.0)},
+    # "autocast" is the wrapper's (the passes run in bfloat16, the hypothesis is decoded in float32)
+    "coarse_to_fine_bf16": {"estimator": CoarseToFine(frequency_bands=None), "autocast": torch.bfloat16},
+    "coarse_to_fine_slic_t8_bf16": {"estimator": CoarseToFine(time_spacing=8.0), "autocast": torch.bfloat16},
 }
 
 
@@ -122,6 +125,7 @@ class Study:
         torch.set_num_threads(args.threads)
         self.model, self.processor = load_model(args.model)
         self.wrapper = SpeechSeq2SeqWrapper(self.model, self.processor)
+        self._autocast_wrappers: dict[torch.dtype, SpeechSeq2SeqWrapper] = {}
         self.batch_size = args.batch_size
         self.step = args.step
         self._features: dict[str, torch.Tensor] = {}
@@ -138,6 +142,14 @@ class Study:
             self._features[clip] = self.processor(waveform, sampling_rate=16000, return_tensors="pt").input_features
         return self._features[clip]
 
+    def wrapper_for(self, autocast: torch.dtype | None) -> SpeechSeq2SeqWrapper:
+        """The float32 wrapper, or one (same model) whose passes run under ``autocast``."""
+        if autocast is None:
+            return self.wrapper
+        if autocast not in self._autocast_wrappers:
+            self._autocast_wrappers[autocast] = SpeechSeq2SeqWrapper(self.model, self.processor, autocast=autocast)
+        return self._autocast_wrappers[autocast]
+
     def path(self, config: str, clip: str, budget: int, seed: int) -> Path:
         return self.out / "maps" / f"{config}_{clip}_{budget}_s{seed}.safetensors"
 
@@ -147,6 +159,7 @@ class Study:
             return
         started = time.perf_counter()
         settings = dict(CONFIGS[config])
+        wrapper = self.wrapper_for(settings.pop("autocast", None))
         recorder = Recording(resolve_estimator(settings.pop("estimator", "reference")))
         recorded: list[Recording] = []
         original_bind = recorder.bind
@@ -157,7 +170,7 @@ class Study:
             return bound
 
         recorder.bind = bind  # type: ignore[method-assign]
-        result = SPES(self.wrapper).attribute(
+        result = SPES(wrapper).attribute(
             self.features(clip),
             n_masks=budget,
             seed=seed,
@@ -241,6 +254,12 @@ VARIANTS: dict[str, list[Source]] = {
     ],
     "coarse_to_fine, SLIC cells narrower in time (time_spacing 16) @ 500": [
         ("coarse_to_fine_slic_t16", 500, lambda: CoarseToFine(time_spacing=16.0), None)
+    ],
+    "coarse_to_fine, SLIC cells @ 500, bfloat16 autocast": [
+        ("coarse_to_fine_bf16", 500, lambda: CoarseToFine(frequency_bands=None), None)
+    ],
+    "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 500, bfloat16 autocast": [
+        ("coarse_to_fine_slic_t8_bf16", 500, lambda: CoarseToFine(time_spacing=8.0), None)
     ],
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 2000": [
         ("coarse_to_fine_slic_t8", 2000, lambda: CoarseToFine(time_spacing=8.0), None)

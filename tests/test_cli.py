@@ -168,6 +168,9 @@ def test_explain_tiny_model_writes_everything(tiny_run: tuple[Path, str, str]) -
     result = _check_outputs(out, listen=True)
     assert result.metadata["perturbations_per_eval"] == 3
     assert str(out / "report.html") in stdout
+    # explain keeps the model's float32 unless asked
+    assert "Precision: the model's own dtype (--autocast none)" in stdout
+    assert result.metadata["autocast"] is None
 
 
 def test_explain_refuses_then_overwrites_with_target(tiny_model: str, clip: Path, tiny_run, capsys) -> None:
@@ -191,7 +194,27 @@ def test_demo_tiny_model(tiny_model: str, tmp_path: Path, capsys) -> None:
     assert "published configuration (--estimator reference, 20,000 masks)" in stdout
     assert "20 000 masks in 24-27 s per utterance on an NVIDIA H200" in stdout
     assert "Demo finished in" in stdout
-    _check_outputs(out)
+    # the demo times bfloat16 (--autocast auto) and says which precision it kept
+    precision = [line for line in stdout.splitlines() if line.startswith("Precision: ")]
+    assert len(precision) == 1 and "--autocast auto" in precision[0], stdout
+    kept = _check_outputs(out).metadata["autocast"]
+    assert kept == ("bfloat16" if precision[0].startswith("Precision: bfloat16") else None)
+
+
+def test_explain_autocast_bfloat16_is_recorded(tiny_model: str, clip: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bf16"
+    argv = ["explain", str(clip), "--model", tiny_model, "--n-masks", "4", "--batch-size", "4", "--out", str(out)]
+    code, stdout, err = _run(capsys, argv + ["--autocast", "bfloat16"])
+    assert code == 0, err
+    assert "Precision: bfloat16 autocast (--autocast bfloat16)" in stdout
+    assert SPESResult.load(out / "explanation.safetensors").metadata["autocast"] == "bfloat16"
+
+
+def test_bad_autocast_names_the_choices(clip: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["explain", str(clip), "--autocast", "fp8"])
+    assert info.value.code == 2
+    assert "--autocast: invalid choice: 'fp8' (choose from" in capsys.readouterr().err
 
 
 def test_explain_auto_masks_reports_the_stop(

@@ -524,6 +524,8 @@ class SPES(PerturbationAttribution):
             "model_id": wrapper.model_id,
             "model_class": type(wrapper.model).__name__,
             "dtype": str(utterance.inputs.dtype),
+            "autocast": _dtype_name(getattr(wrapper, "autocast", None)),
+            "compiled": bool(getattr(wrapper, "compile", False)),
             "device": str(wrapper.device),
             "hypothesis_source": hypothesis.source,
         }
@@ -567,6 +569,11 @@ def _fit_default_to_speech(config: SPESConfig, seconds: float) -> SPESConfig:
 
 def _as_list(values: Tensor | None) -> list[float] | None:
     return None if values is None else [float(v) for v in values]
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    """``"bfloat16"`` for ``torch.bfloat16``; None stays None (no autocast)."""
+    return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def _checked_scores(scores: Tensor, batch: int) -> Tensor:

@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from captum_spes.cli._explain import (
+    DEMO_AUTOCAST,
     DEMO_BATCH_SIZE,
     DEMO_N_MASKS,
     DEMO_SAMPLE,
@@ -16,6 +17,7 @@ from captum_spes.cli._explain import (
     _run_explain,
 )
 from captum_spes.cli._info import _run_info
+from captum_spes.cli._precision import AUTO_MIN_SPEEDUP, AUTOCAST_CHOICES
 
 _DEBUG_HELP = "print the traceback of every error, user errors included"
 
@@ -50,7 +52,9 @@ def _compare_module() -> Any:
     return comparison_cli
 
 
-def _add_run_options(parser: argparse.ArgumentParser, *, n_masks: int, batch_size: int, out: str | None) -> None:
+def _add_run_options(
+    parser: argparse.ArgumentParser, *, n_masks: int, batch_size: int, out: str | None, autocast: str = "none"
+) -> None:
     parser.add_argument(
         "--model",
         default="tiny.en",
@@ -81,6 +85,14 @@ def _add_run_options(parser: argparse.ArgumentParser, *, n_masks: int, batch_siz
         "'none' draws every element alike (default: 0.05)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    parser.add_argument(
+        "--autocast",
+        choices=AUTOCAST_CHOICES,
+        default=autocast,
+        help="run the masked passes under torch.autocast in this dtype (the transcript is still decoded in the "
+        "model's dtype); 'auto' times one bfloat16 batch and keeps it only where it is at least "
+        f"{AUTO_MIN_SPEEDUP}x faster; 'none' keeps the model's dtype (default: {autocast})",
+    )
     parser.add_argument(
         "--out",
         default=out,
@@ -137,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run SPES on a bundled clip with the embedded tiny.en and a CPU-sized mask count.",
     )
     demo.add_argument("--sample", default=DEMO_SAMPLE, help=f"bundled clip (default: {DEMO_SAMPLE})")
-    _add_run_options(demo, n_masks=DEMO_N_MASKS, batch_size=DEMO_BATCH_SIZE, out="captum-spes-demo")
+    _add_run_options(
+        demo, n_masks=DEMO_N_MASKS, batch_size=DEMO_BATCH_SIZE, out="captum-spes-demo", autocast=DEMO_AUTOCAST
+    )
     demo.set_defaults(func=_run_demo)
 
     info = commands.add_parser("info", help="versions, device, threads and embedded models")

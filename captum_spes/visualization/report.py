@@ -178,6 +178,7 @@ def _metadata_rows(result: SPESResult) -> list[tuple[str, str]]:
         "seconds",
         "device",
         "dtype",
+        "autocast",
         "normalization",
     ]
     rows: list[tuple[str, str]] = []
