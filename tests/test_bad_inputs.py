@@ -188,6 +188,9 @@ CLI_CASES: dict[str, CLICase] = {
     "explain/option/model=missing-folder": explain(
         "{clip}", "--model", "./no-such-folder", code=1, fragment="'./no-such-folder' is not a model folder"
     ),
+    "explain/option/autocast=fp8": explain(
+        "{clip}", "--autocast", "fp8", code=2, fragment="argument --autocast: invalid choice: 'fp8'"
+    ),
     "explain/option/task=foo": explain(
         "{clip}", "--task", "foo", code=2, fragment="argument --task: invalid choice: 'foo'"
     ),
@@ -207,6 +210,9 @@ CLI_CASES: dict[str, CLICase] = {
     ),
     "demo/option/device=cuda": demo("--device", "cuda", **_CUDA_ROW),
     "demo/option/model=unknown": demo("--model", "no-such-model", code=1, fragment="unknown model 'no-such-model'"),
+    "demo/option/autocast=float32": demo(
+        "--autocast", "float32", code=2, fragment="argument --autocast: invalid choice: 'float32'"
+    ),
     "demo/option/positional": demo("extra", code=2, fragment="unrecognized arguments: extra"),
     "compare/option/n-masks=0": compare(
         "{clip}", "--n-masks", "0", code=2, fragment="argument --n-masks: expected a positive integer, got '0'"
