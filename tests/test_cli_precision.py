@@ -22,7 +22,8 @@ def wrapper() -> SpeechSeq2SeqWrapper:
 
 
 class _Clock:
-    """A ``measure`` that returns fixed seconds for autocast wrappers and records its calls."""
+    """A ``measure`` that returns 2.0 s (0.2 s per token batch) for float32 wrappers and fixed
+    seconds for autocast ones, and records its calls."""
 
     def __init__(self, autocast_s: float) -> None:
         self.autocast_s = autocast_s
@@ -30,14 +31,14 @@ class _Clock:
 
     def __call__(self, wrapper: Any, features: Any, batch: int) -> tuple[float, float]:
         self.calls.append((wrapper.autocast, batch))
-        return self.autocast_s, self.autocast_s / 10
+        return (2.0, 0.2) if wrapper.autocast is None else (self.autocast_s, self.autocast_s / 10)
 
 
-def test_none_keeps_the_wrapper_and_measures_nothing_more(wrapper):
+def test_none_keeps_the_wrapper_and_times_only_float32(wrapper):
     clock = _Clock(0.1)
-    chosen = choose_precision(wrapper, whisper_features(), 4, "none", clock, (2.0, 0.2))
+    chosen = choose_precision(wrapper, whisper_features(), 4, "none", clock)
     assert chosen.wrapper is wrapper and (chosen.batch_s, chosen.token_s) == (2.0, 0.2)
-    assert clock.calls == [] and "--autocast none" in chosen.message
+    assert clock.calls == [(None, 4)] and "--autocast none" in chosen.message
 
 
 @pytest.mark.parametrize(
@@ -46,8 +47,8 @@ def test_none_keeps_the_wrapper_and_measures_nothing_more(wrapper):
 )
 def test_auto_keeps_bfloat16_only_when_it_is_clearly_faster(wrapper, autocast_s, expected):
     clock = _Clock(autocast_s)
-    chosen = choose_precision(wrapper, whisper_features(), 4, "auto", clock, (2.0, 0.2))
-    assert clock.calls == [(torch.bfloat16, 4)]
+    chosen = choose_precision(wrapper, whisper_features(), 4, "auto", clock)
+    assert clock.calls == [(None, 4), (torch.bfloat16, 4)]
     assert chosen.wrapper.autocast is expected
     if expected is None:
         assert chosen.wrapper is wrapper and (chosen.batch_s, chosen.token_s) == (2.0, 0.2)
@@ -60,14 +61,16 @@ def test_auto_keeps_bfloat16_only_when_it_is_clearly_faster(wrapper, autocast_s,
 
 @pytest.mark.parametrize(("option", "dtype"), [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
 def test_a_named_dtype_is_used_whatever_it_costs(wrapper, option, dtype):
-    chosen = choose_precision(wrapper, whisper_features(), 4, option, _Clock(99.0), (2.0, 0.2))
+    clock = _Clock(99.0)
+    chosen = choose_precision(wrapper, whisper_features(), 4, option, clock)
     assert chosen.wrapper.autocast is dtype and chosen.batch_s == 99.0
+    assert clock.calls == [(dtype, 4)]  # float32 is not timed for nothing
     assert chosen.message == f"Precision: {option} autocast (--autocast {option})"
 
 
 def test_the_autocast_wrapper_explains_the_same_hypothesis_and_says_so_in_the_metadata(wrapper):
     features = whisper_features()
-    chosen = choose_precision(wrapper, features, 4, "bfloat16", _Clock(1.0), (2.0, 0.2))
+    chosen = choose_precision(wrapper, features, 4, "bfloat16", _Clock(1.0))
     fast = chosen.wrapper
     assert fast.model is wrapper.model and fast.adapter is wrapper.adapter and fast.model_id == wrapper.model_id
     assert fast.hypothesis.decoder_input_ids == wrapper.hypothesis.decoder_input_ids
@@ -79,4 +82,4 @@ def test_the_autocast_wrapper_explains_the_same_hypothesis_and_says_so_in_the_me
 
 def test_an_unknown_option_is_refused(wrapper):
     with pytest.raises(ValueError, match="--autocast must be one of none, bfloat16, float16, auto"):
-        choose_precision(wrapper, whisper_features(), 4, "fp8", _Clock(1.0), (2.0, 0.2))
+        choose_precision(wrapper, whisper_features(), 4, "fp8", _Clock(1.0))

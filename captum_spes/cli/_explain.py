@@ -203,8 +203,7 @@ def _explain_waveform(
     measure = _contrastive_measure(hypothesis, contrast, wrapper.tokenizer) if contrast else None
     print(f"Explaining {hypothesis.num_explained} tokens (end token included) of {duration:.2f} s of audio.")
 
-    batch_s, token_s = _measure_batches(wrapper, features, batch_size)
-    precision = choose_precision(wrapper, features, batch_size, autocast, _measure_batches, (batch_s, token_s))
+    precision = choose_precision(wrapper, features, batch_size, autocast, _measure_batches)
     wrapper, batch_s, token_s = precision.wrapper, precision.batch_s, precision.token_s
     print(precision.message, flush=True)
     rule = _auto_rule() if n_masks == "auto" else None

@@ -2,10 +2,11 @@
 
 The hypothesis is always decoded by the model in its own dtype; only the masked passes (and
 the clean pass they are compared with) run under ``torch.autocast``. ``auto`` times one
-batch in bfloat16 against the float32 batch already timed for the estimate and keeps
-bfloat16 only where it is clearly faster: on a CPU with native bfloat16 instructions it
-was 1.7 times faster for tiny.en, and its maps agreed with float32's within the seed-to-seed
-noise (docs/results.md, "bfloat16 passes"); on a CPU without them it can be slower.
+batch in the model's dtype and one in bfloat16 and keeps bfloat16 only where it is clearly
+faster: on a 2-core CPU with native bfloat16 instructions tiny.en's batches ran 1.4-1.7 times
+faster, and on the same masks the default design's maps equalled float32's to a Spearman of
+0.999 per token (docs/results.md, "bfloat16 passes"); on a CPU without those instructions
+bfloat16 can be slower.
 """
 
 from __future__ import annotations
@@ -46,9 +47,7 @@ def _dtype(name: str) -> Any:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def choose_precision(
-    wrapper: Any, features: Any, batch: int, option: str, measure: Measure, timed: tuple[float, float]
-) -> Precision:
+def choose_precision(wrapper: Any, features: Any, batch: int, option: str, measure: Measure) -> Precision:
     r"""The wrapper for ``--autocast option``.
 
     Args:
@@ -56,8 +55,8 @@ def choose_precision(
         features (Tensor): the utterance, e.g. ``(1, 80, 3000)``.
         batch (int): rows per batch (``--batch-size``).
         option (str): one of :data:`AUTOCAST_CHOICES`.
-        measure (Measure): times one spectrogram and one token batch of a wrapper.
-        timed (tuple of float): ``wrapper``'s measured ``(batch_s, token_s)``.
+        measure (Measure): times one spectrogram and one token batch of a wrapper (the
+            float32 one unless a dtype is named, the autocast one unless ``none``).
 
     Returns:
         *Precision*: for ``none`` the given wrapper; for a dtype a wrapper under autocast in
@@ -66,26 +65,28 @@ def choose_precision(
     """
     if option not in AUTOCAST_CHOICES:
         raise ValueError(f"--autocast must be one of {', '.join(AUTOCAST_CHOICES)}, got {option!r}")
-    float32 = Precision(wrapper, *timed, "Precision: the model's own dtype (--autocast none)")
     if option == "none":
-        return float32
+        own = "Precision: the model's own dtype (--autocast none)"
+        return Precision(wrapper, *measure(wrapper, features, batch), own)
     fast = _autocast_wrapper(wrapper, features, "bfloat16" if option == "auto" else option)
-    fast_s, fast_token_s = measure(fast, features, batch)
     if option != "auto":
-        return Precision(fast, fast_s, fast_token_s, f"Precision: {option} autocast (--autocast {option})")
+        return Precision(fast, *measure(fast, features, batch), f"Precision: {option} autocast (--autocast {option})")
+    timed = measure(wrapper, features, batch)
+    fast_s, fast_token_s = measure(fast, features, batch)
     speedup = timed[0] / fast_s
+    own = str(next(wrapper.model.parameters()).dtype).removeprefix("torch.")
     if speedup >= AUTO_MIN_SPEEDUP:
         return Precision(
             fast,
             fast_s,
             fast_token_s,
-            f"Precision: bfloat16 autocast, {speedup:.1f}x faster than float32 here ({fast_s:.2f} s against "
-            f"{timed[0]:.2f} s per batch; --autocast auto; --autocast none keeps float32)",
+            f"Precision: bfloat16 autocast, {speedup:.1f}x faster than {own} here ({fast_s:.2f} s against "
+            f"{timed[0]:.2f} s per batch; --autocast auto; --autocast none keeps {own})",
         )
     return Precision(
         wrapper,
         *timed,
-        f"Precision: float32 (bfloat16 autocast measured {fast_s:.2f} s against {timed[0]:.2f} s per batch, "
+        f"Precision: {own} (bfloat16 autocast measured {fast_s:.2f} s against {timed[0]:.2f} s per batch, "
         f"less than {AUTO_MIN_SPEEDUP}x faster here; --autocast auto)",
     )
 
