@@ -451,9 +451,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     encoder output and its cross-attention projections, so the demo took about 3 minutes there
     in float32. ``--autocast auto`` (the demo's default) runs the masked passes in bfloat16 where
     one timed batch is at least 1.25 times faster: on a CPU with native bfloat16 instructions
-    they were 1.6-1.7 times faster and gave the float32 map on the same masks to a Spearman of
-    0.999 (docs/results.md, "bfloat16 passes"). The published 20 000 masks would take hours.
-    The printed estimate is measured afresh on every run.
+    the attribution ran 1.5 times faster (114 s against 167 s in all) and gave the float32 map on
+    the same masks to a Spearman of 0.999 (docs/results.md, "bfloat16 passes"). The published
+    20 000 masks would take hours. The printed estimate is measured afresh on every run.
     """
     from captum_spes.data import list_samples, load_sample
 
