@@ -336,9 +336,6 @@ VARIANTS: dict[str, list[Source]] = {
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 500, p 0.25": [
         ("coarse_to_fine_slic_t8_p25", 500, lambda: CoarseToFine(time_spacing=8.0), None)
     ],
-    "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 2000, p 0.25": [
-        ("coarse_to_fine_slic_t8_p25", 2000, lambda: CoarseToFine(time_spacing=8.0), None)
-    ],
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 2000": [
         ("coarse_to_fine_slic_t8", 2000, lambda: CoarseToFine(time_spacing=8.0), None)
     ],
