@@ -231,10 +231,15 @@ def _ig_maps_path(study: Study, steps: int, clip: str) -> Path:
     return study.out / "maps" / f"ig{steps}_{clip}.safetensors"
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _update_json(path: Path, key: str, value: Any) -> None:
-    done = json.loads(path.read_text()) if path.exists() else {}
+    done = _read_json(path)
     done[key] = value
     path.write_text(json.dumps(done, indent=1))
+    print(key, value, flush=True)
 
 
 def deletion_seeds(study: Study, configs: list[str], clips: list[str], budgets: list[int]) -> None:
@@ -245,10 +250,8 @@ def deletion_seeds(study: Study, configs: list[str], clips: list[str], budgets: 
             for clip in clips:
                 for seed in (1, 2):
                     key, path = f"{config} {clip} {budget} s{seed}", study.path(config, clip, budget, seed)
-                    if not path.exists() or key in (json.loads(out.read_text()) if out.exists() else {}):
-                        continue
-                    _update_json(out, key, _metrics(study, [SPESResult.load(path)], [clip]))
-                    print(key, json.loads(out.read_text())[key], flush=True)
+                    if path.exists() and key not in _read_json(out):
+                        _update_json(out, key, _metrics(study, [SPESResult.load(path)], [clip]))
 
 
 def coarsened_maps(maps: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -265,6 +268,7 @@ def coarsened_ig(study: Study, configs: list[str], clips: list[str], budgets: li
     """Deletion AUC of IG's maps as they are and averaged within each configuration's units."""
     out = study.out / "ig_coarsened.json"
     run_ig(study, clips, steps)
+    decode = _decoder(study)
     for clip in clips:
         maps = load_file(str(_ig_maps_path(study, steps, clip)))["attributions"]
         variants = {f"{clip} ig{steps}": maps}
@@ -277,21 +281,22 @@ def coarsened_ig(study: Study, configs: list[str], clips: list[str], budgets: li
                         coarsened_maps(maps, units)
                     )
         for key, attributions in variants.items():
-            if key in (json.loads(out.read_text()) if out.exists() else {}):
-                continue
-            decode = _decoder(study)
-            common = dict(step=study.step, adapter=study.wrapper.adapter, batch_size=study.batch_size)
-            _update_json(out, key, deletion_curve([attributions], [study.features(clip)], decode, **common).auc)
-            print(key, json.loads(out.read_text())[key], flush=True)
+            if key not in _read_json(out):
+                curve = deletion_curve([attributions], [study.features(clip)], decode, **_curve_options(study))
+                _update_json(out, key, curve.auc)
+
+
+def _curve_options(study: Study) -> dict[str, Any]:
+    """What every deletion and insertion curve of the study shares."""
+    return dict(step=study.step, adapter=study.wrapper.adapter, batch_size=study.batch_size)
 
 
 def _metrics(study: Study, results: list[SPESResult], clips: list[str]) -> dict[str, float]:
     features = [study.features(c) for c in clips]
-    common = dict(step=study.step, adapter=study.wrapper.adapter, batch_size=study.batch_size)
     decode = _decoder(study)
     return {
-        "deletion": deletion_curve(results, features, decode, **common).auc,
-        "insertion": insertion_curve(results, features, decode, **common).auc,
+        "deletion": deletion_curve(results, features, decode, **_curve_options(study)).auc,
+        "insertion": insertion_curve(results, features, decode, **_curve_options(study)).auc,
     }
 
 
