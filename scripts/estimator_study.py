@@ -65,23 +65,42 @@ ALIGNED_CLIPS = [
     "acoustic_corpus",
 ]
 
+
+def c2f(**settings: Any) -> CoarseToFine:
+    """A coarse-to-fine design of the study: one coarse partition unless ``coarse_partitions``
+    says otherwise, so that every configuration means what it meant when it ran (the library's
+    default has been 4 shifted partitions below 1 000 masks since the sixth session)."""
+    return CoarseToFine(**{"coarse_partitions": 1, **settings})
+
+
 #: name -> SPES.attribute keyword arguments (filled in as estimators are added)
 CONFIGS: dict[str, dict[str, Any]] = {
     "reference": {"estimator": "reference"},
     # "coarse_to_fine" names the first design studied: SLIC coarse cells (frequency_bands=None).
-    "coarse_to_fine": {"estimator": CoarseToFine(frequency_bands=None)},
-    "coarse_to_fine_outside_coarse": {"estimator": CoarseToFine(outside="coarse", frequency_bands=None)},
-    "coarse_to_fine_half": {"estimator": CoarseToFine(coarse_fraction=0.5, frequency_bands=None)},
-    "coarse_to_fine_fine_atoms": {"estimator": CoarseToFine(masks_per_atom=1.0, frequency_bands=None)},
-    "coarse_to_fine_bands2": {"estimator": CoarseToFine(frequency_bands=2)},
-    "coarse_to_fine_bands1": {"estimator": CoarseToFine(frequency_bands=1)},
-    "coarse_to_fine_slic_t8": {"estimator": CoarseToFine(time_spacing=8.0)},
-    "coarse_to_fine_slic_t16": {"estimator": CoarseToFine(time_spacing=16.0)},
+    "coarse_to_fine": {"estimator": c2f(frequency_bands=None)},
+    "coarse_to_fine_outside_coarse": {"estimator": c2f(outside="coarse", frequency_bands=None)},
+    "coarse_to_fine_half": {"estimator": c2f(coarse_fraction=0.5, frequency_bands=None)},
+    "coarse_to_fine_fine_atoms": {"estimator": c2f(masks_per_atom=1.0, frequency_bands=None)},
+    "coarse_to_fine_bands2": {"estimator": c2f(frequency_bands=2)},
+    "coarse_to_fine_bands1": {"estimator": c2f(frequency_bands=1)},
+    "coarse_to_fine_slic_t8": {"estimator": c2f(time_spacing=8.0)},
+    "coarse_to_fine_slic_t16": {"estimator": c2f(time_spacing=16.0)},
     # "autocast" is the wrapper's (the passes run in bfloat16, the hypothesis is decoded in float32)
-    "coarse_to_fine_bf16": {"estimator": CoarseToFine(frequency_bands=None), "autocast": torch.bfloat16},
+    "coarse_to_fine_bf16": {
+        "estimator": c2f(frequency_bands=None),
+        "autocast": torch.bfloat16,
+    },
     # occlusion probability 0.25 instead of the published 0.5: effects measured nearer the clean input
-    "coarse_to_fine_slic_t8_p25": {"estimator": CoarseToFine(time_spacing=8.0), "p": 0.25},
-    "coarse_to_fine_slic_t8_bf16": {"estimator": CoarseToFine(time_spacing=8.0), "autocast": torch.bfloat16},
+    "coarse_to_fine_slic_t8_p25": {"estimator": c2f(time_spacing=8.0), "p": 0.25},
+    "coarse_to_fine_slic_t8_bf16": {
+        "estimator": c2f(time_spacing=8.0),
+        "autocast": torch.bfloat16,
+    },
+    # the coarse masks split over K partitions shifted in time by 1/K of a cell (sixth session)
+    "coarse_to_fine_slic_t8_k2": {"estimator": c2f(time_spacing=8.0, coarse_partitions=2)},
+    "coarse_to_fine_slic_t8_k4": {"estimator": c2f(time_spacing=8.0, coarse_partitions=4)},
+    "coarse_to_fine_k2": {"estimator": c2f(frequency_bands=None, coarse_partitions=2)},
+    "coarse_to_fine_k4": {"estimator": c2f(frequency_bands=None, coarse_partitions=4)},
 }
 
 
@@ -313,48 +332,68 @@ VARIANTS: dict[str, list[Source]] = {
         ("reference", 2000, lambda: ReferenceEstimator(), [167, 167, 166]),
     ],
     "reference @ 2000": [("reference", 2000, lambda: ReferenceEstimator(), None)],
-    "coarse_to_fine, SLIC cells @ 400": [("coarse_to_fine", 400, lambda: CoarseToFine(frequency_bands=None), None)],
+    "coarse_to_fine, SLIC cells @ 400": [("coarse_to_fine", 400, lambda: c2f(frequency_bands=None), None)],
     "coarse_to_fine, SLIC cells @ 500": [
-        ("coarse_to_fine", 500, lambda: CoarseToFine(frequency_bands=None), None),
-        ("coarse_to_fine", 2000, lambda: CoarseToFine(frequency_bands=None), 1),
+        ("coarse_to_fine", 500, lambda: c2f(frequency_bands=None), None),
+        ("coarse_to_fine", 2000, lambda: c2f(frequency_bands=None), 1),
     ],
-    "coarse_to_fine, SLIC cells @ 2000": [("coarse_to_fine", 2000, lambda: CoarseToFine(frequency_bands=None), None)],
+    "coarse_to_fine, SLIC cells @ 2000": [("coarse_to_fine", 2000, lambda: c2f(frequency_bands=None), None)],
     "coarse_to_fine, 2 frequency bands @ 500": [
-        ("coarse_to_fine_bands2", 500, lambda: CoarseToFine(frequency_bands=2), None),
-        ("coarse_to_fine_bands2", 2000, lambda: CoarseToFine(frequency_bands=2), 1),
+        ("coarse_to_fine_bands2", 500, lambda: c2f(frequency_bands=2), None),
+        ("coarse_to_fine_bands2", 2000, lambda: c2f(frequency_bands=2), 1),
     ],
     "coarse_to_fine, time slices (1 band) @ 500": [
-        ("coarse_to_fine_bands1", 500, lambda: CoarseToFine(frequency_bands=1), None)
+        ("coarse_to_fine_bands1", 500, lambda: c2f(frequency_bands=1), None)
     ],
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 500": [
-        ("coarse_to_fine_slic_t8", 500, lambda: CoarseToFine(time_spacing=8.0), None)
+        ("coarse_to_fine_slic_t8", 500, lambda: c2f(time_spacing=8.0), None)
     ],
     "coarse_to_fine, SLIC cells narrower in time (time_spacing 16) @ 500": [
-        ("coarse_to_fine_slic_t16", 500, lambda: CoarseToFine(time_spacing=16.0), None)
+        ("coarse_to_fine_slic_t16", 500, lambda: c2f(time_spacing=16.0), None)
     ],
     "coarse_to_fine, SLIC cells @ 500, bfloat16 autocast": [
-        ("coarse_to_fine_bf16", 500, lambda: CoarseToFine(frequency_bands=None), None)
+        ("coarse_to_fine_bf16", 500, lambda: c2f(frequency_bands=None), None)
     ],
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 500, bfloat16 autocast": [
-        ("coarse_to_fine_slic_t8_bf16", 500, lambda: CoarseToFine(time_spacing=8.0), None)
+        ("coarse_to_fine_slic_t8_bf16", 500, lambda: c2f(time_spacing=8.0), None)
     ],
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 500, p 0.25": [
-        ("coarse_to_fine_slic_t8_p25", 500, lambda: CoarseToFine(time_spacing=8.0), None)
+        ("coarse_to_fine_slic_t8_p25", 500, lambda: c2f(time_spacing=8.0), None)
+    ],
+    "coarse_to_fine, narrow SLIC cells, 2 shifted partitions @ 500": [
+        ("coarse_to_fine_slic_t8_k2", 500, lambda: c2f(time_spacing=8.0, coarse_partitions=2), None)
+    ],
+    "coarse_to_fine, narrow SLIC cells, 4 shifted partitions @ 500": [
+        ("coarse_to_fine_slic_t8_k4", 500, lambda: c2f(time_spacing=8.0, coarse_partitions=4), None)
+    ],
+    "coarse_to_fine, SLIC cells, 2 shifted partitions @ 500": [
+        ("coarse_to_fine_k2", 500, lambda: c2f(frequency_bands=None, coarse_partitions=2), None)
+    ],
+    "coarse_to_fine, SLIC cells, 4 shifted partitions @ 500": [
+        ("coarse_to_fine_k4", 500, lambda: c2f(frequency_bands=None, coarse_partitions=4), None)
     ],
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 2000": [
-        ("coarse_to_fine_slic_t8", 2000, lambda: CoarseToFine(time_spacing=8.0), None)
+        ("coarse_to_fine_slic_t8", 2000, lambda: c2f(time_spacing=8.0), None)
     ],
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 2000, raw detail": [
-        ("coarse_to_fine_slic_t8", 2000, lambda: CoarseToFine(time_spacing=8.0, detail="raw"), None)
+        (
+            "coarse_to_fine_slic_t8",
+            2000,
+            lambda: c2f(time_spacing=8.0, detail="raw"),
+            None,
+        )
     ],
-    "coarse_to_fine, 2 frequency bands @ 2000": [
-        ("coarse_to_fine_bands2", 2000, lambda: CoarseToFine(frequency_bands=2), None)
-    ],
+    "coarse_to_fine, 2 frequency bands @ 2000": [("coarse_to_fine_bands2", 2000, lambda: c2f(frequency_bands=2), None)],
     "coarse_to_fine, SLIC cells @ 2000, raw detail": [
-        ("coarse_to_fine", 2000, lambda: CoarseToFine(detail="raw", frequency_bands=None), None)
+        ("coarse_to_fine", 2000, lambda: c2f(detail="raw", frequency_bands=None), None)
     ],
     "coarse_to_fine, SLIC cells @ 2000, detail weighted by cell size": [
-        ("coarse_to_fine", 2000, lambda: CoarseToFine(detail_weight="cell", frequency_bands=None), None)
+        (
+            "coarse_to_fine",
+            2000,
+            lambda: c2f(detail_weight="cell", frequency_bands=None),
+            None,
+        )
     ],
 }
 

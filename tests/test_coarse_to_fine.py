@@ -5,7 +5,7 @@ import torch
 from helpers import REGIONS, ToySpeechModel, tiny_whisper, toy_features, whisper_features
 
 from captum_spes import SPES, CoarseToFine, CustomMasks, InputError, SpeechSeq2SeqWrapper
-from captum_spes._core.coarse_to_fine import _coarse_labels, nest, shrinkage
+from captum_spes._core.coarse_to_fine import COARSE_PARTITIONS, _coarse_labels, nest, shift_offsets, shrinkage
 from captum_spes._core.utterance import Utterance
 from captum_spes.adapters import InputLayout
 
@@ -41,6 +41,9 @@ def test_shrinkage_by_hand():
         ({"time_spacing": 0}, "time_spacing must be a number > 0"),
         ({"time_spacing": True}, "time_spacing must be a number > 0"),
         ({"time_spacing": 8.0, "frequency_bands": 2}, "time_spacing shapes SLIC cells"),
+        ({"coarse_partitions": 0}, "coarse_partitions must be None or an int >= 1"),
+        ({"coarse_partitions": 2.0}, "coarse_partitions must be None or an int >= 1"),
+        ({"coarse_partitions": True}, "coarse_partitions must be None or an int >= 1"),
     ],
 )
 def test_bad_settings(kwargs, match):
@@ -124,10 +127,94 @@ def test_frequency_bands_make_a_grid_of_bands_and_time_slices():
     assert _coarse_labels(_utterance(), 4, 9).tolist() == [[k] * 8 for k in range(4)]
     # Through the design: single-element atoms nest exactly into the grid cells.
     elements = CustomMasks(torch.arange(32).reshape(4, 8)).segment(torch.zeros(4, 8))
-    estimator = CoarseToFine(masks_per_cell=1.0, frequency_bands=2).bind(1, [32], "cpu")
+    estimator = CoarseToFine(masks_per_cell=1.0, frequency_bands=2, coarse_partitions=1).bind(1, [32], "cpu")
     coarse = next(estimator.plan(_utterance(), elements, 4, 0.5))
     assert coarse.num_segments == 4 and coarse.labels.tolist() == labels.tolist()
     assert estimator.config()["frequency_bands"] == 2
+
+
+def test_shift_offsets_are_fractions_of_the_median_cell_width():
+    # Cells 2, 4 and 6 frames wide (2 mels): median width 4.
+    cells = torch.tensor([[0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]] * 2)
+    assert shift_offsets(cells, 1) == [0]
+    assert shift_offsets(cells, 2) == [0, 2]
+    assert shift_offsets(cells, 3) == [0, 1, 3]  # 4/3 and 8/3 rounded
+    assert shift_offsets(cells, 4) == [0, 1, 2, 3]
+
+
+def test_shifted_grid_moves_the_slice_boundaries():
+    # 8 frames in 2 slices of 4: boundaries 2 frames earlier give slices of 2, 4 and 2 frames.
+    labels = _coarse_labels(_utterance(), 2, 1, 1.0, offset=2)
+    assert labels.tolist() == [[0, 0, 1, 1, 1, 1, 2, 2]] * 4
+    shifted_slic = _coarse_labels(_utterance(24), 6, None, 1.0, offset=3)
+    assert shifted_slic.shape == (4, 24) and shifted_slic.min() == 0
+
+
+def test_shifted_partitions_average_by_hand(monkeypatch):
+    # 8 frames of 4 mels. Partition 1: cells of frames 0-3 and 4-7 (median width 4), so with 2
+    # partitions the second is shifted by 2 frames: cells of frames 0-1, 2-5, 6-7.
+    def cells(utterance, num_cells, frequency_bands, time_spacing, offset=0):
+        frames = torch.arange(8)
+        return ((frames + offset) // 4).expand(4, 8)
+
+    monkeypatch.setattr("captum_spes._core.coarse_to_fine._coarse_labels", cells)
+    estimator = CoarseToFine(masks_per_cell=2.0, coarse_partitions=2).bind(1, [4], "cpu")
+    stages = estimator.plan(_utterance(), _levels(), 9, 0.5)
+    first = next(stages)
+    # 9 masks: 5 for the first partition, 4 for the second.
+    assert (first.level, first.n_masks, first.num_segments, first.name) == (0, 5, 2, "coarse 1/2")
+    # Cell 0: occluded {5, 3, 4}, kept {1, 1}: effect 4 - 1 = 3, se sqrt(1/3 + 0).
+    estimator.add(
+        0,
+        torch.tensor([[5.0], [3.0], [4.0], [1.0], [1.0]]),
+        torch.tensor([[1, 0], [1, 1], [1, 0], [0, 1], [0, 0]]).bool(),
+    )
+    second = next(stages)
+    assert (second.level, second.n_masks, second.num_segments) == (1, 4, 3)
+    assert second.labels[0].tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
+    # Partition 2, cell 1 (frames 2-5): occluded {6, 4}, kept {1, 3}: effect 5 - 2 = 3, se
+    # sqrt(2/2 + 2/2) = sqrt(2). Cell 0 (frames 0-1): occluded {6, 1}, kept {4, 3}: effect 0.
+    flags = torch.tensor([[1, 1, 0], [0, 1, 1], [1, 0, 0], [0, 0, 1]]).bool()
+    estimator.add(1, torch.tensor([[6.0], [4.0], [1.0], [3.0]]), flags)
+    with pytest.raises(StopIteration):
+        next(stages)
+    estimate = estimator.finalize([first.labels, second.labels])
+    # Units: the intersections, frames 0-1, 2-3, 4-5, 6-7.
+    assert estimate.num_units == 4 and estimate.units[0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    # Frames 2-3: cell 0 of partition 1 (3) and cell 1 of partition 2 (3): mean 3, se
+    # sqrt(1/3 + 2) / 2, z = 3 / se.
+    assert estimate.attribution[0, 0, 2].item() == pytest.approx(3.0)
+    se = (1 / 3 + 2) ** 0.5 / 2
+    assert estimate.standard_error[0, 1].item() == pytest.approx(se, rel=1e-6)
+    assert estimate.z[0, 1].item() == pytest.approx(3.0 / se, rel=1e-6)
+    # Frames 0-1: (3 + 0) / 2.
+    assert estimate.attribution[0, 0, 0].item() == pytest.approx(1.5)
+    # Occlusions: frames 2-3 were occluded by 3 masks of partition 1 and 2 of partition 2.
+    assert estimate.occluded[1].item() == 5
+    assert estimate.info["partition_cells"] == [2, 3] and estimate.info["partition_offsets"] == [0, 2]
+
+
+def test_default_partitions_are_shifted_only_without_a_refine_stage():
+    default = CoarseToFine()
+    assert default.partitions(999) == COARSE_PARTITIONS and default.partitions(1000) == 1
+    assert CoarseToFine(refine_from=600).partitions(600) == 1
+    assert default.partitions(5) == 2 and default.partitions(3) == 1  # at least 2 masks per partition
+    assert (
+        CoarseToFine(coarse_partitions=2).partitions(500) == 2
+        and CoarseToFine(coarse_partitions=1).partitions(500) == 1
+    )
+    # Recorded: the setting in the config, what was used in the design.
+    estimator = CoarseToFine(masks_per_cell=10).bind(1, [4], "cpu")
+    stages = list(estimator.plan(_utterance(24), _levels(24), 40, 0.5))
+    assert len(stages) == COARSE_PARTITIONS and sum(stage.n_masks for stage in stages) == 40
+    assert estimator.config()["coarse_partitions"] is None and estimator.design["partitions"] == COARSE_PARTITIONS
+
+
+def test_shifted_partitions_refuse_a_refine_stage_and_too_few_masks():
+    with pytest.raises(InputError, match="coarse_partitions=2 is for budgets without a refine stage"):
+        next(CoarseToFine(coarse_partitions=2, refine_from=8).bind(1, [4], "cpu").plan(_utterance(), _levels(), 8, 0.5))
+    with pytest.raises(InputError, match="coarse_partitions=3 needs at least 6 masks"):
+        next(CoarseToFine(coarse_partitions=3).bind(1, [4], "cpu").plan(_utterance(), _levels(), 5, 0.5))
 
 
 def test_time_spacing_narrows_the_slic_cells():
@@ -178,7 +265,11 @@ def test_cells_fine_enough_in_time_for_the_speech():
 
 def test_budget_below_refine_from_goes_to_the_coarse_stage():
     result = SPES(SpeechSeq2SeqWrapper(ToySpeechModel())).attribute(
-        toy_features(), feature_mask="element", n_masks=200, token_p=None, estimator=CoarseToFine(masks_per_cell=10)
+        toy_features(),
+        feature_mask="element",
+        n_masks=200,
+        token_p=None,
+        estimator=CoarseToFine(masks_per_cell=10, coarse_partitions=1),
     )
     design = result.metadata["estimator"]
     assert design["coarse_masks"] == 200 and design["refine_masks"] == 0
@@ -210,6 +301,24 @@ def test_coarse_to_fine_localises_known_regions_and_its_significance_holds(frequ
         assert top_inside >= (1.0 if frequency_bands is None else 0.5), f"token {k}: top mostly outside its region"
 
 
+@pytest.mark.parametrize("partitions", [2, 4])
+def test_shifted_partitions_localise_known_regions(partitions):
+    estimator = CoarseToFine(masks_per_cell=10.0, coarse_partitions=partitions)
+    result = SPES(SpeechSeq2SeqWrapper(ToySpeechModel())).attribute(
+        toy_features(), feature_mask="element", n_masks=400, token_p=None, estimator=estimator
+    )
+    assert len(result.metadata["estimator"]["partition_cells"]) == partitions
+    assert result.num_units > max(result.metadata["estimator"]["partition_cells"])  # the intersections
+    significant = result.significance()
+    for k, (mels, frames) in enumerate(REGIONS):
+        inside = torch.zeros(8, 20, dtype=torch.bool)
+        inside[mels, frames] = True
+        flat = result.spectrogram_attr[k].flatten()
+        assert inside.flatten()[flat.argmax()], f"token {k}: the peak is outside its region"
+        assert significant[k][inside].all()
+        assert inside.flatten()[flat.topk(int(inside.sum())).indices].float().mean() >= 0.8
+
+
 def test_refuses_what_it_cannot_do():
     spes = SPES(SpeechSeq2SeqWrapper(tiny_whisper()))
     with pytest.raises(InputError, match='takes a fixed budget: pass n_masks=<int>, not "auto"'):
@@ -218,14 +327,16 @@ def test_refuses_what_it_cannot_do():
         spes.attribute(whisper_features(), n_masks=8, estimator="coarse_to_fine", token_masks="joint")
 
 
-def test_results_do_not_depend_on_the_batch_size():
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_results_do_not_depend_on_the_batch_size(partitions):
+    refine_from = 500 if partitions == 1 else 1000
     runs = [
         SPES(SpeechSeq2SeqWrapper(ToySpeechModel())).attribute(
             toy_features(),
             feature_mask="element",
             n_masks=600,
             token_p=0.5,
-            estimator=CoarseToFine(refine_from=500, masks_per_cell=20.0),
+            estimator=CoarseToFine(refine_from=refine_from, masks_per_cell=20.0, coarse_partitions=partitions),
             perturbations_per_eval=per_eval,
         )
         for per_eval in (1, 7, 64)

@@ -187,7 +187,8 @@ class SPES(PerturbationAttribution):
                 :class:`Estimator`. None: ``"coarse_to_fine"`` for one total budget when its
                 coarse cells are fine enough in time for the speech
                 (:meth:`CoarseToFine.fit_to_speech`; with 500 or 2 000 masks: square SLIC
-                cells up to about 4.2 s of speech, SLIC cells narrowed in time up to 7.3 s), chosen by
+                cells up to about 4.2 s of speech, SLIC cells narrowed in time up to 7.3 s; below
+                1 000 masks, 4 partitions of them shifted in time), chosen by
                 measurement (docs/results.md, "Trustworthy maps"); else ``"reference"`` (too
                 few masks for the length: coarse cells would be coarser than words), and also
                 where the reference's own design is asked for: ``n_masks="auto"`` (its split-half rule),

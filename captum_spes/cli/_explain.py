@@ -444,16 +444,17 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     The default of 500 masks is the smallest budget at which the estimator study
     (docs/results.md, "Trustworthy maps") measured both a stable map and a good pointing game
-    with the default coarse-to-fine estimator (125 coarse cells; at 400 masks the pointing game
-    fell to 0.85). tiny.en takes about 0.3 s per spectrogram mask in float32 at batch 8 on an
-    idle 2-core CPU (no gain from larger batches; its encoder always reads the full 30 s window
-    of 3000 frames, whatever the clip length), and the decoder-only token masks reuse the clean
-    encoder output and its cross-attention projections, so the demo took about 3 minutes there
-    in float32. ``--autocast auto`` (the demo's default) runs the masked passes in bfloat16 where
-    one timed batch is at least 1.25 times faster: on a CPU with native bfloat16 instructions
-    the attribution ran 1.5 times faster (114 s against 167 s in all) and gave the float32 map on
-    the same masks to a Spearman of 0.999 (docs/results.md, "bfloat16 passes"). The published
-    20 000 masks would take hours. The printed estimate is measured afresh on every run.
+    with the default coarse-to-fine estimator (125 coarse cells, in 4 partitions shifted in
+    time; with one partition, 400 masks pointed at 0.85). tiny.en takes about 0.3 s per
+    spectrogram mask in float32 at batch 8 on an idle 2-core CPU (no gain from larger batches;
+    its encoder always reads the full 30 s window of 3000 frames, whatever the clip length), and
+    the decoder-only token masks reuse the clean encoder output and its cross-attention
+    projections, so the demo took about 3 minutes there in float32. ``--autocast auto`` (the
+    demo's default) runs the masked passes in bfloat16 where one timed batch is at least 1.25
+    times faster: on a CPU with native bfloat16 instructions the attribution ran 1.5 times
+    faster (114 s against 167 s in all) and gave the float32 map on the same masks to a Spearman
+    of 0.999 (docs/results.md, "bfloat16 passes"). The published 20 000 masks would take hours.
+    The printed estimate is measured afresh on every run.
     """
     from captum_spes.data import list_samples, load_sample
 
