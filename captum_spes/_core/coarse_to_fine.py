@@ -336,8 +336,8 @@ class CoarseToFine(Estimator):
             "cells": num_cells[0],
             "coarse_masks": n_coarse,
             "refine_masks": n_masks - n_coarse,
+            "partitions": partitions,
         }
-        self.design["partitions"] = partitions
         if partitions > 1:
             self.design.update(partition_cells=num_cells, partition_offsets=offsets)
         # Set before yielding: a caller may stop after the coarse stage and still finalize.
