@@ -101,6 +101,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "coarse_to_fine_slic_t8_k4": {"estimator": c2f(time_spacing=8.0, coarse_partitions=4)},
     "coarse_to_fine_k2": {"estimator": c2f(frequency_bands=None, coarse_partitions=2)},
     "coarse_to_fine_k4": {"estimator": c2f(frequency_bands=None, coarse_partitions=4)},
+    # seventh session: 2000 masks all on the coarse stage (4 partitions of 4x as many cells)
+    "coarse_to_fine_k4_coarse_only": {"estimator": c2f(frequency_bands=None, coarse_partitions=4, refine_from=2001)},
+    # seventh session: the refine stage on the mean over 4 shifted partitions' cells
+    "coarse_to_fine_slic_t8_k4_refine": {"estimator": c2f(time_spacing=8.0, coarse_partitions=4)},
 }
 
 
@@ -371,6 +375,17 @@ VARIANTS: dict[str, list[Source]] = {
     ],
     "coarse_to_fine, SLIC cells, 4 shifted partitions @ 500": [
         ("coarse_to_fine_k4", 500, lambda: c2f(frequency_bands=None, coarse_partitions=4), None)
+    ],
+    "coarse_to_fine, SLIC cells, 4 shifted partitions, no refine stage @ 2000": [
+        (
+            "coarse_to_fine_k4_coarse_only",
+            2000,
+            lambda: c2f(frequency_bands=None, coarse_partitions=4, refine_from=2001),
+            None,
+        )
+    ],
+    "coarse_to_fine, narrow SLIC cells, 4 shifted partitions, refine stage @ 2000": [
+        ("coarse_to_fine_slic_t8_k4_refine", 2000, lambda: c2f(time_spacing=8.0, coarse_partitions=4), None)
     ],
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 2000": [
         ("coarse_to_fine_slic_t8", 2000, lambda: c2f(time_spacing=8.0), None)

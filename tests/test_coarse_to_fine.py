@@ -210,11 +210,53 @@ def test_default_partitions_are_shifted_only_without_a_refine_stage():
     assert estimator.config()["coarse_partitions"] is None and estimator.design["partitions"] == COARSE_PARTITIONS
 
 
-def test_shifted_partitions_refuse_a_refine_stage_and_too_few_masks():
-    with pytest.raises(InputError, match="coarse_partitions=2 is for budgets without a refine stage"):
-        next(CoarseToFine(coarse_partitions=2, refine_from=8).bind(1, [4], "cpu").plan(_utterance(), _levels(), 8, 0.5))
+def test_shifted_partitions_refuse_too_few_masks():
     with pytest.raises(InputError, match="coarse_partitions=3 needs at least 6 masks"):
         next(CoarseToFine(coarse_partitions=3).bind(1, [4], "cpu").plan(_utterance(), _levels(), 5, 0.5))
+
+
+def test_shifted_partitions_with_a_refine_stage_by_hand(monkeypatch):
+    # 8 one-frame atoms. Partition 1: cells A (frames 0-3), B (4-7); partition 2, shifted by 2
+    # frames: C (0-1), D (2-5), E (6-7). Their intersections, the coarse units: frames 0-1, 2-3,
+    # 4-5, 6-7, two atoms each.
+    def cells(utterance, num_cells, frequency_bands, time_spacing, offset=0):
+        return ((torch.arange(8) + offset) // 4).expand(4, 8)
+
+    monkeypatch.setattr("captum_spes._core.coarse_to_fine._coarse_labels", cells)
+    atoms = CustomMasks(torch.arange(8)[None, :]).segment(torch.zeros(4, 8))
+    settings = dict(coarse_fraction=0.5, masks_per_atom=4.0, refine_from=4, coarse_partitions=2, detail="raw")
+    estimator = CoarseToFine(**settings).bind(1, [8], "cpu")
+    stages = estimator.plan(_utterance(), atoms, 16, 0.5)
+    first, second = next(stages), next(stages)
+    assert (first.n_masks, second.n_masks, second.num_segments) == (4, 4, 3)
+    # A: occluded {4, 6}, kept {1, 1}: effect 4, se 1. B: occluded {6, 1}, kept {4, 1}: 1, sqrt(8.5).
+    estimator.add(0, torch.tensor([[4.0], [6.0], [1.0], [1.0]]), torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]]).bool())
+    # D: occluded {6, 4}, kept {1, 3}: effect 3, se sqrt(2). C and E: effect 0, se sqrt(6.5).
+    flags = torch.tensor([[1, 1, 0], [0, 1, 1], [1, 0, 0], [0, 0, 1]]).bool()
+    estimator.add(1, torch.tensor([[6.0], [4.0], [1.0], [3.0]]), flags)
+    refine = next(stages)
+    # Coarse units' z: frames 0-1 (A, C) 2 / (sqrt(7.5) / 2) = 1.46, frames 2-3 (A, D) 3.5 /
+    # (sqrt(3) / 2) = 4.04, frames 4-5 (B, D) 1.23, frames 6-7 (B, E) 0.26. Budget 8 / 4 = 2
+    # atoms: frames 2-3 are refined, the other three units kept clean.
+    assert refine.level == 2 and refine.n_masks == 8
+    assert refine.probabilities.tolist() == [0.5, 0.5, 0.0, 0.0, 0.0]
+    assert estimator.design["coarse_units"] == 4 and estimator.design["refined_cells"] == 1
+    # Stage 2: atom 2 effect 3 - 1 = 2 (se 0), atom 3 effect 2 - 2 = 0 (se sqrt(2)).
+    flags = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0]]).bool()
+    estimator.add(2, torch.tensor([[3.0], [3.0], [1.0], [1.0]]), flags)
+    with pytest.raises(StopIteration):
+        next(stages)
+    estimate = estimator.finalize([first.labels, second.labels, refine.labels])
+    # Scale: the refined unit's coarse value 3.5 over its atoms' stage-2 effects 2 = 1.75; the
+    # atoms' detail +-1 (effect minus the unit's mean atom effect 1) times 1.75 around 3.5.
+    torch.testing.assert_close(estimate.attribution[0, 0], torch.tensor([2.0, 2.0, 5.25, 1.75, 2.0, 2.0, 0.5, 0.5]))
+    assert estimate.num_units == 5 and estimate.units[0].tolist() == [2, 2, 0, 1, 3, 3, 4, 4]
+    assert estimate.standard_error[0, 1].item() == pytest.approx(1.75 * 2**0.5)
+    assert estimate.z[0, 0] == float("inf") and estimate.z[0, 1] == 0
+    assert estimate.z[0, 2].item() == pytest.approx(2 / (7.5**0.5 / 2), rel=1e-6)
+    # Frames 0-1 were occluded by 2 masks of A and 2 of C; the refined atoms by 2 each.
+    assert estimate.occluded.tolist() == [2, 2, 4, 4, 4]
+    assert "varying with refined units' atoms" in estimate.info["map"]
 
 
 def test_time_spacing_narrows_the_slic_cells():
@@ -276,9 +318,15 @@ def test_budget_below_refine_from_goes_to_the_coarse_stage():
     assert result.metadata["masks_per_level"] == [200] and result.num_units == design["cells"]
 
 
-@pytest.mark.parametrize("frequency_bands", [None, 2])
-def test_coarse_to_fine_localises_known_regions_and_its_significance_holds(frequency_bands):
-    estimator = CoarseToFine(refine_from=500, masks_per_cell=20.0, masks_per_atom=2.0, frequency_bands=frequency_bands)
+@pytest.mark.parametrize(("frequency_bands", "partitions"), [(None, 1), (2, 1), (None, 4)])
+def test_coarse_to_fine_localises_known_regions_and_its_significance_holds(frequency_bands, partitions):
+    estimator = CoarseToFine(
+        refine_from=500,
+        masks_per_cell=20.0,
+        masks_per_atom=2.0,
+        frequency_bands=frequency_bands,
+        coarse_partitions=partitions,
+    )
     result = SPES(SpeechSeq2SeqWrapper(ToySpeechModel())).attribute(
         toy_features(), feature_mask="element", n_masks=1200, token_p=None, estimator=estimator, seed=2
     )
@@ -297,8 +345,10 @@ def test_coarse_to_fine_localises_known_regions_and_its_significance_holds(frequ
         # SLIC cells follow the regions' edges (the toy's regions are bright on a dark
         # background): the whole top is the region. Grid cells cut across the regions, and the
         # refined detail ranks elements inside a cell, not across cells: the top holds the
-        # region's best cell, its other elements with it (0.6 of the top here).
-        assert top_inside >= (1.0 if frequency_bands is None else 0.5), f"token {k}: top mostly outside its region"
+        # region's best cell, its other elements with it (0.6 of the top here). Shifted partitions
+        # average cells that reach past the edges: a few elements beside the region join the top.
+        floor = 0.5 if frequency_bands is not None else (1.0 if partitions == 1 else 0.8)
+        assert top_inside >= floor, f"token {k}: top mostly outside its region"
 
 
 @pytest.mark.parametrize("partitions", [2, 4])
@@ -327,9 +377,8 @@ def test_refuses_what_it_cannot_do():
         spes.attribute(whisper_features(), n_masks=8, estimator="coarse_to_fine", token_masks="joint")
 
 
-@pytest.mark.parametrize("partitions", [1, 2])
-def test_results_do_not_depend_on_the_batch_size(partitions):
-    refine_from = 500 if partitions == 1 else 1000
+@pytest.mark.parametrize(("partitions", "refine_from"), [(1, 500), (2, 1000), (2, 500)])
+def test_results_do_not_depend_on_the_batch_size(partitions, refine_from):
     runs = [
         SPES(SpeechSeq2SeqWrapper(ToySpeechModel())).attribute(
             toy_features(),

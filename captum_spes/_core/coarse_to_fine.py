@@ -11,12 +11,13 @@ estimator chooses its own design in two stages:
    atom goes to the cell holding most of it), and ``n_coarse`` masks occlude cells
    independently with probability ``p``. Unknowns matched to the budget give every cell a
    precise estimate; cells must still be finer in time than words (:meth:`CoarseToFine.fit_to_speech`).
-   Below ``refine_from`` masks the coarse stage is all there is, and its masks are split over
-   ``coarse_partitions`` partitions shifted in time by fractions of a cell: an element's value
-   is the mean effect of its cells, so the map is resolved to the partitions' intersections
-   with the noise of one partition's cell.
-2. **Refine**: the cells where the tokens' effects are (each token's best cells in turn, by
-   the stage-1 z statistic) are split back into their atoms, as many as
+   The coarse masks can be split over ``coarse_partitions`` partitions shifted in time by
+   fractions of a cell (the default below ``refine_from`` masks, where the coarse stage is all
+   there is): an element's value is the mean effect of its cells, so the map is resolved to
+   the partitions' intersections with the noise of one partition's cell.
+2. **Refine**: the coarse units where the tokens' effects are (each token's best cells, or
+   with shifted partitions their intersections, in turn by the stage-1 z statistic) are split
+   back into their atoms, as many as
    ``n_refine / masks_per_atom``; ``n_refine`` masks occlude those atoms independently with
    probability ``p`` and keep everything else clean (``outside="keep"``), so the rest of the
    utterance adds no variance to the fine estimates.
@@ -75,6 +76,7 @@ __all__ = [
 ]
 
 OUTSIDE = ("keep", "coarse")
+STATISTICS = ("effect", "standard_error", "z", "occluded")
 DETAIL = ("shrunk", "raw")
 DETAIL_WEIGHTS = ("atom", "cell")
 
@@ -93,7 +95,7 @@ MIN_NARROW_SLIC_CELLS_PER_SECOND = 17.0
 #: ... and a grid of bands this many time slices per second. Measured with 2 bands at 500 masks
 #: (62 slices): 11.8, 10.3 and 8.8 per second (5.3, 6.1, 7.1 s) pointed at 0.91, 0.83 and 0.80.
 MIN_TIME_SLICES_PER_SECOND = 8.0
-#: Shifted coarse partitions for budgets without a refine stage (``coarse_partitions=None``).
+#: Shifted coarse partitions for budgets below ``refine_from`` (``coarse_partitions=None``).
 #: Measured at 500 masks on the six bundled clips under 8 s (docs/results.md, "Shifted coarse
 #: partitions"): the pointing game rose from 0.88-1.00 to 0.94-1.00 (librivox_0920: 0.88 to
 #: 0.96; 2 partitions: 0.90) with a per-token seed-to-seed top-5 % overlap of 0.62-0.72.
@@ -163,9 +165,11 @@ class CoarseToFine(Estimator):
             value is the mean effect of its ``K`` cells and its standard error theirs over
             ``K``: the noise of one partition's cell with the same masks, at the resolution of
             the partitions' intersections (a smoothed map, like random shifts of RISE's grid).
-            Only for budgets without a refine stage (below ``refine_from``). None:
-            :data:`COARSE_PARTITIONS` there (at most ``n_masks // 2``), 1 with a refine
-            stage (measured: docs/results.md, "Shifted coarse partitions"). Default: None
+            With a refine stage, the intersections are the coarse units that get refined
+            (a one-atom intersection too: its own estimate instead of the smoothed mean).
+            None: :data:`COARSE_PARTITIONS` below ``refine_from`` (at most
+            ``n_masks // 2``), 1 with a refine stage (measured: docs/results.md, "Shifted
+            coarse partitions"). Default: None
     """
 
     name = "coarse_to_fine"
@@ -314,11 +318,6 @@ class CoarseToFine(Estimator):
         num_atoms = int(atoms.max()) + 1
         n_coarse = self.coarse_masks(n_masks)
         partitions = self.partitions(n_masks)
-        if partitions > 1 and n_masks != n_coarse:
-            raise InputError(
-                f"coarse_partitions={partitions} is for budgets without a refine stage, but n_masks={n_masks} "
-                f"reaches refine_from={self.refine_from}: pass coarse_partitions=1 or refine_from > {n_masks}"
-            )
         if n_coarse < 2 * partitions:
             raise InputError(f"coarse_partitions={partitions} needs at least {2 * partitions} masks, got {n_coarse}")
         cells_wanted = min(num_atoms, self.coarse_cells(n_masks))
@@ -350,18 +349,28 @@ class CoarseToFine(Estimator):
             yield MaskStage(k, labels, count, share, name=name)
         if n_masks == n_coarse:
             return
+        # The refine stage works on the coarse map's units: one partition's cells, or the
+        # partitions' intersections (unions of atoms either way, so atoms nest exactly).
+        coarse, coarse_units = self._coarse_statistics()
+        self._cell_of_atom = nest(atoms, coarse_units)
+        if partitions > 1:
+            self.design["coarse_units"] = int(self._cell_of_atom.max()) + 1
         n_refine = n_masks - n_coarse
-        refined = self._select(cell_of_atom, budget=max(1, int(n_refine / self.masks_per_atom)))
+        budget = max(1, int(n_refine / self.masks_per_atom))
+        # A one-atom cell gains nothing from refining; a one-atom intersection does: its own
+        # estimate instead of the mean over the cells around it.
+        refined = self._select(coarse["z"], self._cell_of_atom, budget, smallest=1 if partitions > 1 else 2)
         units, probabilities, num_refined_atoms = self._refine_units(refined, p)
         self.design.update(refined_cells=int(refined.sum()), refined_atoms=num_refined_atoms)
         self.sums.add_level(int(probabilities.shape[0]))
         self._units, self._num_refined = units, num_refined_atoms
-        yield MaskStage(1, units, int(probabilities.shape[0]), n_refine, probabilities, name="refine")
+        yield MaskStage(partitions, units, int(probabilities.shape[0]), n_refine, probabilities, name="refine")
 
-    def _select(self, cell_of_atom: Tensor, budget: int) -> Tensor:
-        """Refined cells: each token's cells in order of its stage-1 z, in turn, while their
-        atoms fit the budget. Returns a bool ``(num_cells,)``."""
-        z = self.sums.level_statistics(0)["z"].cpu()  # (K, C)
+    def _select(self, z: Tensor, cell_of_atom: Tensor, budget: int, smallest: int = 2) -> Tensor:
+        """Refined coarse units: each token's units of at least ``smallest`` atoms in order of
+        its stage-1 z (``(num_tokens, num_cells)``), in turn, while their atoms fit the budget.
+        Returns a bool ``(num_cells,)``."""
+        z = z.cpu()
         z = torch.nan_to_num(z, nan=-float("inf"))
         rank = z.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = the token's best cell
         best_rank = rank.amin(dim=0)
@@ -372,7 +381,7 @@ class CoarseToFine(Estimator):
         used = 0
         for cell in order:
             size = int(atoms_per_cell[cell])
-            if size > 1 and used + size <= budget:
+            if size >= smallest and used + size <= budget:
                 refined[cell] = True
                 used += size
         return refined
@@ -399,17 +408,12 @@ class CoarseToFine(Estimator):
     def finalize(self, labels: Sequence[Tensor]) -> Estimate:
         if not self.design:
             raise RuntimeError("coarse_to_fine has no design yet: SPES runs plan() before finalize()")
-        first = self.sums.level_statistics(0)
-        cells = self._cells.to(self.device)
-        area_cell = torch.bincount(cells.reshape(-1), minlength=first["effect"].shape[1]).to(torch.float64)
-        if len(self._partition_cells) > 1:
-            values, standard_error, z, occluded, units = self._average_partitions()
-        elif len(self.sums.segments_per_level) == 1:
-            values, standard_error, z = first["effect"], first["standard_error"], first["z"]
-            occluded, units = first["occluded"], cells
-        else:
-            values, standard_error, z, occluded = self._combine(first, area_cell)
+        if len(self.sums.segments_per_level) > len(self._partition_cells):
+            values, standard_error, z, occluded = self._combine()
             units = self._units.to(self.device)
+        else:
+            coarse, units = self._coarse_statistics()
+            values, standard_error, z, occluded = (coarse[key] for key in STATISTICS)
         flat = units.reshape(-1)
         attribution = torch.nan_to_num(values, nan=0.0).to(torch.float32)[:, flat].reshape(-1, *units.shape)
         return Estimate(
@@ -426,9 +430,23 @@ class CoarseToFine(Estimator):
         )
 
     def _map_description(self) -> str:
+        refined = len(self.sums.segments_per_level) > len(self._partition_cells)
         if len(self._partition_cells) > 1:
-            return "mean over shifted coarse partitions of the element's cell effect (occluded minus kept mean impact)"
-        return "coarse cell's effect (occluded minus kept mean impact), varying with refined cells' atoms"
+            description = "mean over shifted coarse partitions of the element's cell effect"
+        else:
+            description = "coarse cell's effect"
+        description += " (occluded minus kept mean impact)"
+        return description + (", varying with refined units' atoms" if refined else "")
+
+    def _coarse_statistics(self) -> tuple[dict[str, Tensor], Tensor]:
+        """The coarse map's :data:`STATISTICS` per unit (``(num_tokens, num_units)``; occlusion
+        counts ``(num_units,)``) and its units ``(n_mels, num_frames)``: one partition's cells,
+        or the mean over shifted partitions on their intersections."""
+        if len(self._partition_cells) == 1:
+            first = self.sums.level_statistics(0)
+            return {key: first[key] for key in STATISTICS}, self._cells.to(self.device)
+        values, standard_error, z, occluded, units = self._average_partitions()
+        return dict(zip(STATISTICS, (values, standard_error, z, occluded))), units
 
     def _average_partitions(self) -> tuple[Tensor, ...]:
         """Unit values, standard errors, z, occlusion counts and the unit of every element of
@@ -447,15 +465,18 @@ class CoarseToFine(Estimator):
         z = torch.where((standard_error == 0) & (values == 0), torch.zeros_like(z), z)
         return values, standard_error, z, occluded, units
 
-    def _combine(self, first: dict[str, Tensor], area_cell: Tensor) -> tuple[Tensor, ...]:
-        """Unit values, standard errors, z and occlusion counts of the two-stage map."""
-        second = self.sums.level_statistics(1)
+    def _combine(self) -> tuple[Tensor, ...]:
+        """Unit values, standard errors, z and occlusion counts of the two-stage map; its
+        "cells" are the coarse map's units (:meth:`_coarse_statistics`)."""
+        first, cells = self._coarse_statistics()
+        area_cell = torch.bincount(cells.reshape(-1), minlength=first["effect"].shape[1]).to(torch.float64)
+        second = self.sums.level_statistics(len(self._partition_cells))
         refined = self._num_refined
         units = self._units.to(self.device)
         area_unit = torch.bincount(units.reshape(-1), minlength=second["effect"].shape[1]).to(torch.float64)
         # The cell of every refined atom (units 0 .. R - 1) and of every kept unit (R ..).
         cell_of_unit = torch.zeros(area_unit.shape[0], dtype=torch.long, device=self.device)
-        cell_of_unit.scatter_(0, units.reshape(-1), self._cells.to(self.device).reshape(-1))
+        cell_of_unit.scatter_(0, units.reshape(-1), cells.reshape(-1))
         atom_cells = cell_of_unit[:refined]
         atom_effect = second["effect"][:, :refined]
         cell_effect = first["effect"]
