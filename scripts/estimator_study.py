@@ -105,6 +105,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "coarse_to_fine_k4_coarse_only": {"estimator": c2f(frequency_bands=None, coarse_partitions=4, refine_from=2001)},
     # seventh session: the refine stage on the mean over 4 shifted partitions' cells
     "coarse_to_fine_slic_t8_k4_refine": {"estimator": c2f(time_spacing=8.0, coarse_partitions=4)},
+    # eighth session: fewer masks per cell, so that a long clip keeps cells finer than words
+    "coarse_to_fine_slic_t8_k4_mpc1": {
+        "estimator": c2f(time_spacing=8.0, coarse_partitions=4, masks_per_cell=1.1),
+    },
+    "coarse_to_fine_slic_t8_k4_mpc2": {
+        "estimator": c2f(time_spacing=8.0, coarse_partitions=4, masks_per_cell=2.0),
+    },
 }
 
 
@@ -386,6 +393,22 @@ VARIANTS: dict[str, list[Source]] = {
     ],
     "coarse_to_fine, narrow SLIC cells, 4 shifted partitions, refine stage @ 2000": [
         ("coarse_to_fine_slic_t8_k4_refine", 2000, lambda: c2f(time_spacing=8.0, coarse_partitions=4), None)
+    ],
+    "coarse_to_fine, narrow SLIC cells, 4 shifted partitions, 1.1 masks per cell @ 500": [
+        (
+            "coarse_to_fine_slic_t8_k4_mpc1",
+            500,
+            lambda: c2f(time_spacing=8.0, coarse_partitions=4, masks_per_cell=1.1),
+            None,
+        )
+    ],
+    "coarse_to_fine, narrow SLIC cells, 4 shifted partitions, 2 masks per cell @ 500": [
+        (
+            "coarse_to_fine_slic_t8_k4_mpc2",
+            500,
+            lambda: c2f(time_spacing=8.0, coarse_partitions=4, masks_per_cell=2.0),
+            None,
+        )
     ],
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 2000": [
         ("coarse_to_fine_slic_t8", 2000, lambda: c2f(time_spacing=8.0), None)
