@@ -352,8 +352,8 @@ class CoarseToFine(Estimator):
         # The refine stage works on the coarse map's units: one partition's cells, or the
         # partitions' intersections (unions of atoms either way, so atoms nest exactly).
         coarse, coarse_units = self._coarse_statistics()
-        self._cell_of_atom = nest(atoms, coarse_units)
         if partitions > 1:
+            self._cell_of_atom = nest(atoms, coarse_units)
             self.design["coarse_units"] = int(self._cell_of_atom.max()) + 1
         n_refine = n_masks - n_coarse
         budget = max(1, int(n_refine / self.masks_per_atom))
@@ -408,7 +408,7 @@ class CoarseToFine(Estimator):
     def finalize(self, labels: Sequence[Tensor]) -> Estimate:
         if not self.design:
             raise RuntimeError("coarse_to_fine has no design yet: SPES runs plan() before finalize()")
-        if len(self.sums.segments_per_level) > len(self._partition_cells):
+        if self._refined():
             values, standard_error, z, occluded = self._combine()
             units = self._units.to(self.device)
         else:
@@ -429,14 +429,17 @@ class CoarseToFine(Estimator):
             },
         )
 
+    def _refined(self) -> bool:
+        """Whether the design has a refine stage (a level after the coarse partitions')."""
+        return len(self.sums.segments_per_level) > len(self._partition_cells)
+
     def _map_description(self) -> str:
-        refined = len(self.sums.segments_per_level) > len(self._partition_cells)
         if len(self._partition_cells) > 1:
             description = "mean over shifted coarse partitions of the element's cell effect"
         else:
             description = "coarse cell's effect"
         description += " (occluded minus kept mean impact)"
-        return description + (", varying with refined units' atoms" if refined else "")
+        return description + (", varying with refined units' atoms" if self._refined() else "")
 
     def _coarse_statistics(self) -> tuple[dict[str, Tensor], Tensor]:
         """The coarse map's :data:`STATISTICS` per unit (``(num_tokens, num_units)``; occlusion
