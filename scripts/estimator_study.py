@@ -391,6 +391,10 @@ VARIANTS: dict[str, list[Source]] = {
             None,
         )
     ],
+    # the coarse_to_fine_k4 configuration at 2000 masks has a refine stage (refine_from is 1000)
+    "coarse_to_fine, SLIC cells, 4 shifted partitions, refine stage @ 2000": [
+        ("coarse_to_fine_k4", 2000, lambda: c2f(frequency_bands=None, coarse_partitions=4), None)
+    ],
     "coarse_to_fine, narrow SLIC cells, 4 shifted partitions, refine stage @ 2000": [
         ("coarse_to_fine_slic_t8_k4_refine", 2000, lambda: c2f(time_spacing=8.0, coarse_partitions=4), None)
     ],
