@@ -112,6 +112,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "coarse_to_fine_slic_t8_k4_mpc2": {
         "estimator": c2f(time_spacing=8.0, coarse_partitions=4, masks_per_cell=2.0),
     },
+    # ninth session: one partition of twice the cells, for the least-squares coarse fit
+    "coarse_to_fine_slic_t8_mpc2": {"estimator": c2f(time_spacing=8.0, masks_per_cell=2.0)},
 }
 
 
@@ -411,6 +413,25 @@ VARIANTS: dict[str, list[Source]] = {
             "coarse_to_fine_slic_t8_k4_mpc2",
             500,
             lambda: c2f(time_spacing=8.0, coarse_partitions=4, masks_per_cell=2.0),
+            None,
+        )
+    ],
+    # ninth session: the same masks, each cell's effect fitted by least squares (coarse_fit)
+    "coarse_to_fine, SLIC cells, least squares @ 500": [
+        ("coarse_to_fine", 500, lambda: c2f(frequency_bands=None, coarse_fit="regression"), None),
+        ("coarse_to_fine", 2000, lambda: c2f(frequency_bands=None, coarse_fit="regression"), 1),
+    ],
+    "coarse_to_fine, SLIC cells narrow in time (time_spacing 8), least squares @ 500": [
+        ("coarse_to_fine_slic_t8", 500, lambda: c2f(time_spacing=8.0, coarse_fit="regression"), None)
+    ],
+    "coarse_to_fine, narrow SLIC cells, 2 masks per cell @ 500": [
+        ("coarse_to_fine_slic_t8_mpc2", 500, lambda: c2f(time_spacing=8.0, masks_per_cell=2.0), None)
+    ],
+    "coarse_to_fine, narrow SLIC cells, 2 masks per cell, least squares @ 500": [
+        (
+            "coarse_to_fine_slic_t8_mpc2",
+            500,
+            lambda: c2f(time_spacing=8.0, masks_per_cell=2.0, coarse_fit="regression"),
             None,
         )
     ],

@@ -34,6 +34,7 @@ def test_shrinkage_by_hand():
         ({"masks_per_cell": 0}, "masks_per_cell must be a positive number"),
         ({"refine_from": 1}, "refine_from must be an int"),
         ({"outside": "noise"}, "outside must be one of"),
+        ({"coarse_fit": "lasso"}, "coarse_fit must be one of"),
         ({"detail": "smooth"}, "detail must be one of"),
         ({"detail_weight": "area"}, "detail_weight must be one of"),
         ({"frequency_bands": 0}, "frequency_bands must be None"),
@@ -210,6 +211,23 @@ def test_default_partitions_are_shifted_only_without_a_refine_stage():
     assert estimator.config()["coarse_partitions"] is None and estimator.design["partitions"] == COARSE_PARTITIONS
 
 
+def test_regression_refuses_a_partition_with_no_more_masks_than_cells():
+    # 40 masks over 4 partitions of 2-4 cells fit (10 masks each); 5 masks for 3-6 cells do not.
+    fits = CoarseToFine(masks_per_cell=10, coarse_fit="regression").bind(1, [4], "cpu")
+    assert len(list(fits.plan(_utterance(24), _levels(24), 40, 0.5))) == COARSE_PARTITIONS
+    too_many_cells = CoarseToFine(masks_per_cell=4, coarse_fit="regression").bind(1, [4], "cpu")
+    with pytest.raises(InputError, match="on 5 masks per partition .* coarse_partitions=1 or raise masks_per_cell"):
+        list(too_many_cells.plan(_utterance(24), _levels(24), 20, 0.5))
+
+
+def test_regression_is_recorded_and_named_in_the_map_description():
+    estimator = CoarseToFine(masks_per_cell=10, coarse_partitions=1, coarse_fit="regression").bind(1, [4], "cpu")
+    list(estimator.plan(_utterance(24), _levels(24), 40, 0.5))
+    assert estimator.config()["coarse_fit"] == "regression"
+    assert "least-squares effect" in estimator._map_description()
+    assert CoarseToFine().config()["coarse_fit"] == "difference"
+
+
 def test_shifted_partitions_refuse_too_few_masks():
     with pytest.raises(InputError, match="coarse_partitions=3 needs at least 6 masks"):
         next(CoarseToFine(coarse_partitions=3).bind(1, [4], "cpu").plan(_utterance(), _levels(), 5, 0.5))
@@ -318,14 +336,24 @@ def test_budget_below_refine_from_goes_to_the_coarse_stage():
     assert result.metadata["masks_per_level"] == [200] and result.num_units == design["cells"]
 
 
-@pytest.mark.parametrize(("frequency_bands", "partitions"), [(None, 1), (2, 1), (None, 4)])
-def test_coarse_to_fine_localises_known_regions_and_its_significance_holds(frequency_bands, partitions):
+@pytest.mark.parametrize(
+    ("frequency_bands", "partitions", "fit"),
+    [
+        (None, 1, "difference"),
+        (2, 1, "difference"),
+        (None, 4, "difference"),
+        (None, 1, "regression"),
+        (None, 4, "regression"),
+    ],
+)
+def test_coarse_to_fine_localises_known_regions_and_its_significance_holds(frequency_bands, partitions, fit):
     estimator = CoarseToFine(
         refine_from=500,
         masks_per_cell=20.0,
         masks_per_atom=2.0,
         frequency_bands=frequency_bands,
         coarse_partitions=partitions,
+        coarse_fit=fit,
     )
     result = SPES(SpeechSeq2SeqWrapper(ToySpeechModel())).attribute(
         toy_features(), feature_mask="element", n_masks=1200, token_p=None, estimator=estimator, seed=2
@@ -377,15 +405,20 @@ def test_refuses_what_it_cannot_do():
         spes.attribute(whisper_features(), n_masks=8, estimator="coarse_to_fine", token_masks="joint")
 
 
-@pytest.mark.parametrize(("partitions", "refine_from"), [(1, 500), (2, 1000), (2, 500)])
-def test_results_do_not_depend_on_the_batch_size(partitions, refine_from):
+@pytest.mark.parametrize(
+    ("partitions", "refine_from", "fit"),
+    [(1, 500, "difference"), (2, 1000, "difference"), (2, 500, "difference"), (2, 500, "regression")],
+)
+def test_results_do_not_depend_on_the_batch_size(partitions, refine_from, fit):
     runs = [
         SPES(SpeechSeq2SeqWrapper(ToySpeechModel())).attribute(
             toy_features(),
             feature_mask="element",
             n_masks=600,
             token_p=0.5,
-            estimator=CoarseToFine(refine_from=refine_from, masks_per_cell=20.0, coarse_partitions=partitions),
+            estimator=CoarseToFine(
+                refine_from=refine_from, masks_per_cell=20.0, coarse_partitions=partitions, coarse_fit=fit
+            ),
             perturbations_per_eval=per_eval,
         )
         for per_eval in (1, 7, 64)

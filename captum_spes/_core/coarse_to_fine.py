@@ -58,6 +58,7 @@ from captum_spes._core.estimators import (
     register_estimator,
     units_of,
 )
+from captum_spes._core.regression import GramSums
 from captum_spes.errors import InputError
 from captum_spes.masks import MaskLevel, SLICMasks, check_time_spacing
 
@@ -79,6 +80,7 @@ OUTSIDE = ("keep", "coarse")
 STATISTICS = ("effect", "standard_error", "z", "occluded")
 DETAIL = ("shrunk", "raw")
 DETAIL_WEIGHTS = ("atom", "cell")
+COARSE_FITS = ("difference", "regression")
 
 #: Coarse cells must be finer in time than words, or the map's peak straddles them. Measured
 #: (docs/results.md section 10, 500 masks): square SLIC cells pointed at 0.95 with 38-42 cells
@@ -170,6 +172,13 @@ class CoarseToFine(Estimator):
             None: :data:`COARSE_PARTITIONS` below ``refine_from`` (at most
             ``n_masks // 2``), 1 with a refine stage (measured: docs/results.md, "Shifted
             coarse partitions"). Default: None
+        coarse_fit (str): a coarse cell's effect, ``"difference"``: occluded minus kept mean
+            impact (Welch's z); ``"regression"``: least squares of the impact on all the
+            partition's cell indicators (:class:`~captum_spes._core.regression.GramSums`, a
+            ``(cells, cells)`` Gram matrix per partition), the cell's effect with the other
+            cells held fixed, so their share of the impact's variance leaves its noise. Needs
+            more masks per partition than cells plus one (``masks_per_cell`` above 1 times
+            ``coarse_partitions``). Default: "difference"
     """
 
     name = "coarse_to_fine"
@@ -186,6 +195,7 @@ class CoarseToFine(Estimator):
         frequency_bands: int | None = None,
         time_spacing: float = 1.0,
         coarse_partitions: int | None = None,
+        coarse_fit: str = "difference",
     ) -> None:
         super().__init__()
         if (
@@ -205,6 +215,8 @@ class CoarseToFine(Estimator):
             raise InputError(f"detail must be one of {DETAIL}, got {detail!r}")
         if detail_weight not in DETAIL_WEIGHTS:
             raise InputError(f"detail_weight must be one of {DETAIL_WEIGHTS}, got {detail_weight!r}")
+        if coarse_fit not in COARSE_FITS:
+            raise InputError(f"coarse_fit must be one of {COARSE_FITS}, got {coarse_fit!r}")
         if frequency_bands is not None and (
             isinstance(frequency_bands, bool) or not isinstance(frequency_bands, int) or frequency_bands < 1
         ):
@@ -228,6 +240,7 @@ class CoarseToFine(Estimator):
         self.frequency_bands = frequency_bands
         self.time_spacing = time_spacing
         self.coarse_partitions = coarse_partitions
+        self.coarse_fit = coarse_fit
 
     def config(self) -> dict[str, Any]:
         return {
@@ -242,6 +255,7 @@ class CoarseToFine(Estimator):
             "frequency_bands": self.frequency_bands,
             "time_spacing": self.time_spacing,
             "coarse_partitions": self.coarse_partitions,
+            "coarse_fit": self.coarse_fit,
         }
 
     def for_tokens(self) -> Estimator:
@@ -252,10 +266,13 @@ class CoarseToFine(Estimator):
     def _allocate(self) -> None:
         # The stages, not the family's levels, are this estimator's levels.
         self.sums = ReferenceEstimator().bind(self.num_targets, [], self.device)
+        self.grams: dict[int, GramSums] = {}
         self.design: dict[str, Any] = {}
 
     def add(self, level: int, scores: Tensor, occluded: Tensor) -> None:
         self.sums.add(level, scores, occluded)
+        if level in self.grams:
+            self.grams[level].add(scores, occluded)
 
     def merge(self, other: Estimator) -> None:
         raise InputError("coarse_to_fine draws its stages from its own results, so it cannot be split into halves")
@@ -342,9 +359,18 @@ class CoarseToFine(Estimator):
         # Set before yielding: a caller may stop after the coarse stage and still finalize.
         self._atoms, self._cells, self._cell_of_atom = atoms, cells, cell_of_atom
         self._partition_cells = partition_cells
-        for k, (labels, count) in enumerate(zip(partition_cells, num_cells)):
+        shares = [n_coarse // partitions + (1 if k < n_coarse % partitions else 0) for k in range(partitions)]
+        if self.coarse_fit == "regression" and any(n <= c + 1 for n, c in zip(shares, num_cells)):
+            raise InputError(
+                f"coarse_fit='regression' fits {max(num_cells)} cells on {min(shares)} masks per partition and "
+                f"needs more masks than cells plus one: with {partitions} partition(s), pass coarse_partitions=1 "
+                f"or raise masks_per_cell above {partitions} (it is {self.masks_per_cell:g}), "
+                "or use coarse_fit='difference'"
+            )
+        for k, (labels, count, share) in enumerate(zip(partition_cells, num_cells, shares)):
             self.sums.add_level(count)
-            share = n_coarse // partitions + (1 if k < n_coarse % partitions else 0)
+            if self.coarse_fit == "regression":
+                self.grams[k] = GramSums(self.num_targets, count, self.device)
             name = "coarse" if partitions == 1 else f"coarse {k + 1}/{partitions}"
             yield MaskStage(k, labels, count, share, name=name)
         if n_masks == n_coarse:
@@ -438,7 +464,10 @@ class CoarseToFine(Estimator):
             description = "mean over shifted coarse partitions of the element's cell effect"
         else:
             description = "coarse cell's effect"
-        description += " (occluded minus kept mean impact)"
+        if self.coarse_fit == "regression":
+            description += " (least-squares effect, the other cells held fixed)"
+        else:
+            description += " (occluded minus kept mean impact)"
         return description + (", varying with refined units' atoms" if self._refined() else "")
 
     def _coarse_statistics(self) -> tuple[dict[str, Tensor], Tensor]:
@@ -446,17 +475,23 @@ class CoarseToFine(Estimator):
         counts ``(num_units,)``) and its units ``(n_mels, num_frames)``: one partition's cells,
         or the mean over shifted partitions on their intersections."""
         if len(self._partition_cells) == 1:
-            first = self.sums.level_statistics(0)
-            return {key: first[key] for key in STATISTICS}, self._cells.to(self.device)
+            return self._cell_statistics(0), self._cells.to(self.device)
         values, standard_error, z, occluded, units = self._average_partitions()
         return dict(zip(STATISTICS, (values, standard_error, z, occluded))), units
+
+    def _cell_statistics(self, partition: int) -> dict[str, Tensor]:
+        """One coarse partition's :data:`STATISTICS` per cell (``(num_tokens, num_cells)``)."""
+        statistics = self.sums.level_statistics(partition)
+        if partition in self.grams:
+            statistics.update(self.grams[partition].fit())
+        return {key: statistics[key] for key in STATISTICS}
 
     def _average_partitions(self) -> tuple[Tensor, ...]:
         """Unit values, standard errors, z, occlusion counts and the unit of every element of
         the mean over shifted partitions; units are the partitions' intersections."""
         partition_cells = [c.to(self.device) for c in self._partition_cells]
         units, unit_cells = units_of(partition_cells)  # unit_cells: (K, U)
-        statistics = [self.sums.level_statistics(k) for k in range(len(partition_cells))]
+        statistics = [self._cell_statistics(k) for k in range(len(partition_cells))]
         effects = torch.stack([st["effect"][:, unit_cells[k]] for k, st in enumerate(statistics)])
         variances = torch.stack([st["standard_error"][:, unit_cells[k]].square() for k, st in enumerate(statistics)])
         occluded = sum(st["occluded"][unit_cells[k]] for k, st in enumerate(statistics))
