@@ -29,31 +29,23 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-
-def welch_variance(occluded: Tensor, y: Tensor) -> Tensor:
-    """``(p, T)``: the variance of each unit's occluded-minus-kept difference of means."""
-    parts = []
-    for mask in (occluded, ~occluded):
-        n = mask.sum(0).double().unsqueeze(1)
-        weights = mask.double()
-        mean = weights.T @ y / n
-        second = weights.T @ (y * y) / n
-        parts.append((second - mean * mean) * n / (n - 1) / n)
-    return parts[0] + parts[1]
+from captum_spes._core.estimators import ReferenceEstimator
+from captum_spes._core.regression import GramSums
 
 
 def regression_check(occluded: Tensor, y: Tensor) -> dict[str, Tensor]:
-    """Fit ``y`` ``(N, T)`` on the indicators ``occluded`` ``(N, p)`` by least squares."""
+    """Fit ``y`` ``(N, T)`` on the indicators ``occluded`` ``(N, p)`` by least squares, as
+    ``CoarseToFine(coarse_fit="regression")`` does, beside the difference of means."""
     n, p = occluded.shape
-    x = occluded.double()
-    xc, yc = x - x.mean(0), y - y.mean(0)
-    gram_inverse = torch.linalg.inv(xc.T @ xc)
-    coefficients = gram_inverse @ (xc.T @ yc)
-    residual = ((yc - xc @ coefficients) ** 2).sum(0)
-    r2 = 1 - residual / (yc**2).sum(0)
-    adjusted = 1 - (1 - r2) * (n - 1) / (n - p - 1)
-    ols_variance = gram_inverse.diag().unsqueeze(1) * (residual / (n - p - 1)).unsqueeze(0)
-    return {"r2": r2, "adjusted": adjusted, "ratio": ols_variance / welch_variance(occluded, y)}
+    sums = GramSums(y.shape[1], p, "cpu")
+    sums.add(y, occluded)
+    fit = sums.fit()
+    welch = ReferenceEstimator().bind(y.shape[1], [p], "cpu")
+    welch.add(0, y, occluded)
+    difference = welch.level_statistics(0)
+    adjusted = 1 - (1 - fit["r_squared"]) * (n - 1) / (n - p - 1)
+    ratio = fit["standard_error"].square() / difference["standard_error"].square()
+    return {"r2": fit["r_squared"], "adjusted": adjusted, "ratio": ratio}
 
 
 def main() -> None:

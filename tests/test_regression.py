@@ -34,6 +34,8 @@ def test_the_other_units_leave_the_noise():
     fit = _fit(X, Y)
     torch.testing.assert_close(fit["effect"], torch.tensor([[1.0, 10.0]], dtype=torch.float64))
     torch.testing.assert_close(fit["standard_error"], torch.full((1, 2), 0.8**0.5, dtype=torch.float64))
+    # Y is 12, 0, 9, 1, 10, 2, 11, -1 (mean 5.5): total sum of squares 210, so R^2 = 1 - 8 / 210.
+    torch.testing.assert_close(fit["r_squared"], torch.tensor([1 - 8 / 210], dtype=torch.float64))
     # The difference of means of unit 0 is also 1 (a balanced design), but unit 1's effect of 10
     # is its noise: both groups have variance 104 / 3, so Welch's error is sqrt(52 / 3).
     welch = ReferenceEstimator().bind(1, [2], "cpu")

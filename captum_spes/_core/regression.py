@@ -52,7 +52,8 @@ class GramSums:
         self.count += int(y.shape[0])
 
     def fit(self) -> dict[str, Tensor]:
-        r"""Each unit's coefficient per token, its standard error and z (``(T, p)``).
+        r"""Each unit's coefficient per token, its standard error and z (``(T, p)``), and the
+        fit's coefficient of determination per token, ``r_squared`` ``(T,)``.
 
         Units that every mask occluded, or none did, have no coefficient: NaN, as the
         difference of means has none for them; the fit is over the other units (minimum-norm
@@ -82,4 +83,5 @@ class GramSums:
         for key, fitted_values in (("effect", coefficients), ("standard_error", standard_error), ("z", z)):
             out[key] = torch.full_like(self.cross, float("nan"))
             out[key][:, index] = fitted_values
+        out["r_squared"] = torch.where(total > 0, 1 - residual / total, torch.full_like(total, float("nan")))
         return out
