@@ -435,6 +435,41 @@ VARIANTS: dict[str, list[Source]] = {
             None,
         )
     ],
+    # tenth session: the same masks, a smoothness prior on the coarse units (coarse_fit="smooth")
+    "coarse_to_fine, SLIC cells, smooth least squares @ 500": [
+        ("coarse_to_fine", 500, lambda: c2f(frequency_bands=None, coarse_fit="smooth"), None),
+        ("coarse_to_fine", 2000, lambda: c2f(frequency_bands=None, coarse_fit="smooth"), 1),
+    ],
+    "coarse_to_fine, SLIC cells narrow in time (time_spacing 8), smooth least squares @ 500": [
+        ("coarse_to_fine_slic_t8", 500, lambda: c2f(time_spacing=8.0, coarse_fit="smooth"), None)
+    ],
+    "coarse_to_fine, narrow SLIC cells, 2 masks per cell, smooth least squares @ 500": [
+        (
+            "coarse_to_fine_slic_t8_mpc2",
+            500,
+            lambda: c2f(time_spacing=8.0, masks_per_cell=2.0, coarse_fit="smooth"),
+            None,
+        )
+    ],
+    "coarse_to_fine, SLIC cells, 4 shifted partitions, smooth least squares @ 500": [
+        ("coarse_to_fine_k4", 500, lambda: c2f(frequency_bands=None, coarse_partitions=4, coarse_fit="smooth"), None)
+    ],
+    "coarse_to_fine, narrow SLIC cells, 4 shifted partitions, smooth least squares @ 500": [
+        (
+            "coarse_to_fine_slic_t8_k4",
+            500,
+            lambda: c2f(time_spacing=8.0, coarse_partitions=4, coarse_fit="smooth"),
+            None,
+        )
+    ],
+    "coarse_to_fine, narrow SLIC cells, 4 shifted partitions, 1.1 masks per cell, smooth least squares @ 500": [
+        (
+            "coarse_to_fine_slic_t8_k4_mpc1",
+            500,
+            lambda: c2f(time_spacing=8.0, coarse_partitions=4, masks_per_cell=1.1, coarse_fit="smooth"),
+            None,
+        )
+    ],
     "coarse_to_fine, SLIC cells narrow in time (time_spacing 8) @ 2000": [
         ("coarse_to_fine_slic_t8", 2000, lambda: c2f(time_spacing=8.0), None)
     ],

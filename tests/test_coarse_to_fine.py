@@ -344,6 +344,8 @@ def test_budget_below_refine_from_goes_to_the_coarse_stage():
         (None, 4, "difference"),
         (None, 1, "regression"),
         (None, 4, "regression"),
+        (None, 1, "smooth"),
+        (None, 4, "smooth"),
     ],
 )
 def test_coarse_to_fine_localises_known_regions_and_its_significance_holds(frequency_bands, partitions, fit):
@@ -407,7 +409,14 @@ def test_refuses_what_it_cannot_do():
 
 @pytest.mark.parametrize(
     ("partitions", "refine_from", "fit"),
-    [(1, 500, "difference"), (2, 1000, "difference"), (2, 500, "difference"), (2, 500, "regression")],
+    [
+        (1, 500, "difference"),
+        (2, 1000, "difference"),
+        (2, 500, "difference"),
+        (2, 500, "regression"),
+        (2, 500, "smooth"),
+        (4, 1000, "smooth"),
+    ],
 )
 def test_results_do_not_depend_on_the_batch_size(partitions, refine_from, fit):
     runs = [

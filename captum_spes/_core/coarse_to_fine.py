@@ -58,7 +58,7 @@ from captum_spes._core.estimators import (
     register_estimator,
     units_of,
 )
-from captum_spes._core.regression import GramSums
+from captum_spes._core.regression import GramSums, boundary_laplacian
 from captum_spes.errors import InputError
 from captum_spes.masks import MaskLevel, SLICMasks, check_time_spacing
 
@@ -80,7 +80,7 @@ OUTSIDE = ("keep", "coarse")
 STATISTICS = ("effect", "standard_error", "z", "occluded")
 DETAIL = ("shrunk", "raw")
 DETAIL_WEIGHTS = ("atom", "cell")
-COARSE_FITS = ("difference", "regression")
+COARSE_FITS = ("difference", "regression", "smooth")
 
 #: Coarse cells must be finer in time than words, or the map's peak straddles them. Measured
 #: (docs/results.md section 10, 500 masks): square SLIC cells pointed at 0.95 with 38-42 cells
@@ -178,7 +178,13 @@ class CoarseToFine(Estimator):
             ``(cells, cells)`` Gram matrix per partition), the cell's effect with the other
             cells held fixed, so their share of the impact's variance leaves its noise. Needs
             more masks per partition than cells plus one (``masks_per_cell`` above 1 times
-            ``coarse_partitions``). Default: "difference"
+            ``coarse_partitions``); ``"smooth"``: penalised least squares of the impact on the
+            coarse map's units (the cells, or the shifted partitions' intersections), all
+            partitions' masks in one fit, with neighbouring units' effect densities pulled
+            together (:meth:`~captum_spes._core.regression.GramSums.fit_smooth`, strength by
+            generalised cross-validation per token), so there may be more units than masks;
+            a unit's value is its density times a mean cell's size, and its standard error
+            leaves out the smoothing's bias. Default: "difference"
     """
 
     name = "coarse_to_fine"
@@ -267,12 +273,16 @@ class CoarseToFine(Estimator):
         # The stages, not the family's levels, are this estimator's levels.
         self.sums = ReferenceEstimator().bind(self.num_targets, [], self.device)
         self.grams: dict[int, GramSums] = {}
+        self.unit_gram: GramSums | None = None
         self.design: dict[str, Any] = {}
 
     def add(self, level: int, scores: Tensor, occluded: Tensor) -> None:
         self.sums.add(level, scores, occluded)
         if level in self.grams:
             self.grams[level].add(scores, occluded)
+        if self.unit_gram is not None and level < len(self._partition_cells):
+            # Each unit lies in one cell of this partition: its indicator is that cell's.
+            self.unit_gram.add(scores, occluded[:, self._unit_cells[level]])
 
     def merge(self, other: Estimator) -> None:
         raise InputError("coarse_to_fine draws its stages from its own results, so it cannot be split into halves")
@@ -367,6 +377,8 @@ class CoarseToFine(Estimator):
                 f"or raise masks_per_cell above {partitions} (it is {self.masks_per_cell:g}), "
                 "or use coarse_fit='difference'"
             )
+        if self.coarse_fit == "smooth":
+            self._prepare_smooth_fit(partition_cells, num_cells[0])
         for k, (labels, count, share) in enumerate(zip(partition_cells, num_cells, shares)):
             self.sums.add_level(count)
             if self.coarse_fit == "regression":
@@ -391,6 +403,25 @@ class CoarseToFine(Estimator):
         self.sums.add_level(int(probabilities.shape[0]))
         self._units, self._num_refined = units, num_refined_atoms
         yield MaskStage(partitions, units, int(probabilities.shape[0]), n_refine, probabilities, name="refine")
+
+    def _prepare_smooth_fit(self, partition_cells: Sequence[Tensor], num_cells: int) -> None:
+        """The coarse units (intersections of the partitions), their penalty and scales, and
+        the Gram sums of their indicators for ``coarse_fit="smooth"``."""
+        units, unit_cells = units_of(partition_cells)
+        sizes = torch.bincount(units.reshape(-1)).to(torch.float64)
+        self._smooth_units, self._unit_cells = units, unit_cells.to(self.device)
+        self._smooth_penalty = boundary_laplacian(units).to(self.device)
+        # Regressors scaled by size over a mean cell's: the coefficient is a density, in cells.
+        self._smooth_scale = (sizes / (units.numel() / num_cells)).to(self.device)
+        self.unit_gram = GramSums(self.num_targets, int(sizes.numel()), self.device)
+
+    def _smooth_statistics(self) -> tuple[dict[str, Tensor], Tensor]:
+        """The coarse map's :data:`STATISTICS` per unit from the penalised fit, and its units."""
+        fit = self.unit_gram.fit_smooth(self._smooth_penalty, self._smooth_scale)
+        self.design["coarse_effective_units"] = [round(float(v), 1) for v in fit["effective_units"]]
+        occluded = sum(self.sums.level_statistics(k)["occluded"][cells] for k, cells in enumerate(self._unit_cells))
+        statistics = {"effect": fit["effect"], "standard_error": fit["standard_error"], "z": fit["z"]}
+        return {**statistics, "occluded": occluded}, self._smooth_units.to(self.device)
 
     def _select(self, z: Tensor, cell_of_atom: Tensor, budget: int, smallest: int = 2) -> Tensor:
         """Refined coarse units: each token's units of at least ``smallest`` atoms in order of
@@ -464,7 +495,12 @@ class CoarseToFine(Estimator):
             description = "mean over shifted coarse partitions of the element's cell effect"
         else:
             description = "coarse cell's effect"
-        if self.coarse_fit == "regression":
+        if self.coarse_fit == "smooth":
+            description = (
+                "coarse unit's effect density times a mean cell's size (penalised least squares, the other units "
+                "held fixed and neighbours pulled together; smoothing by generalised cross-validation)"
+            )
+        elif self.coarse_fit == "regression":
             description += " (least-squares effect, the other cells held fixed)"
         else:
             description += " (occluded minus kept mean impact)"
@@ -474,6 +510,8 @@ class CoarseToFine(Estimator):
         """The coarse map's :data:`STATISTICS` per unit (``(num_tokens, num_units)``; occlusion
         counts ``(num_units,)``) and its units ``(n_mels, num_frames)``: one partition's cells,
         or the mean over shifted partitions on their intersections."""
+        if self.coarse_fit == "smooth":
+            return self._smooth_statistics()
         if len(self._partition_cells) == 1:
             return self._cell_statistics(0), self._cells.to(self.device)
         values, standard_error, z, occluded, units = self._average_partitions()

@@ -12,6 +12,11 @@ than units (about ``(1 - adjusted R^2) N / (N - p)``: ``scripts/gram_regression_
 The sums are ``X^T X`` ``(p, p)``, ``X^T y`` ``(T, p)``, and the totals of ``x``, ``y``, ``y^2``
 and the mask count: memory independent of the number of masks ``N``, shared by all ``T``
 tokens.
+
+:meth:`GramSums.fit_smooth` adds a prior that fits spectrograms: the map is smooth across
+neighbouring time-frequency bins (a penalty on the squared differences of neighbouring units'
+effect densities, :func:`boundary_laplacian`), with its strength chosen per token by
+generalised cross-validation, so a fit can have more units than masks.
 """
 
 from __future__ import annotations
@@ -19,7 +24,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["GramSums"]
+__all__ = ["GramSums", "boundary_laplacian", "SMOOTHING_GRID"]
+
+#: Candidate smoothing strengths of :meth:`GramSums.fit_smooth`, relative to
+#: ``trace(X_c^T X_c) / trace(penalty)``: from nearly unpenalised least squares to nearly a
+#: constant map; generalised cross-validation picks one per token.
+SMOOTHING_GRID = torch.logspace(-4, 4, 33, dtype=torch.float64)
 
 
 class GramSums:
@@ -85,3 +95,117 @@ class GramSums:
             out[key][:, index] = fitted_values
         out["r_squared"] = torch.where(total > 0, 1 - residual / total, torch.full_like(total, float("nan")))
         return out
+
+    def fit_smooth(
+        self, penalty: Tensor, scale: Tensor | None = None, lambdas: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        r"""Penalised least squares: each unit's effect with the other units held fixed and
+        neighbouring units pulled together, per token (``(T, p)``).
+
+        The regressor of unit ``u`` is its occlusion indicator times ``scale[u]`` (e.g. its size
+        over a mean cell's), so the coefficient ``theta_u`` is an effect density: what occluding
+        a region of scale 1 at ``u``'s density does. It minimises
+        ``|y_c - X_c S theta|^2 + lambda theta^T P theta`` over ``theta``; with ``P`` from
+        :func:`boundary_laplacian` the penalty is the sum over neighbouring time-frequency bins
+        of the squared difference of the map. ``lambda`` is chosen per token by generalised
+        cross-validation, ``N RSS / (N - 1 - df)^2``, from ``lambdas`` (default
+        :data:`SMOOTHING_GRID` times ``trace(G) / trace(P)``); ``df`` is the fit's effective
+        number of parameters, ``tr((G + lambda P)^{-1} G)``. All of it comes from one
+        generalised eigendecomposition of ``G = (X_c S)^T X_c S`` against ``P``, shared by the
+        tokens. The standard error is the penalised estimate's own spread,
+        ``sigma^2 diag(A G A)`` with ``A = (G + lambda P)^{-1}`` and
+        ``sigma^2 = RSS / (N - 1 - df)``; it leaves out the bias the smoothing adds, so a z of
+        a small unit beside a large effect borrows its neighbours' evidence.
+
+        Args:
+            penalty (Tensor): ``(p, p)`` symmetric positive semi-definite, positive definite on
+                the units that vary together with the data (a graph Laplacian: ``G`` must not be
+                null on constant maps).
+            scale (Tensor, optional): ``(p,)`` positive regressor scales. Default: ones.
+            lambdas (Tensor, optional): candidate ``lambda`` values (absolute).
+
+        Returns:
+            *dict* with ``effect``, ``standard_error``, ``z`` ``(T, p)`` (NaN for units every mask
+            occluded or none did), and per token ``smoothing`` (the chosen ``lambda``),
+            ``effective_units`` (``df``) and ``r_squared``, each ``(T,)``.
+
+        Raises:
+            ValueError: with fewer than 3 masks.
+        """
+        n = self.count
+        if n < 3:
+            raise ValueError(f"a penalised least-squares fit needs at least 3 masks, got {n}")
+        f64 = torch.float64
+        x_mean = self.x_sum / n
+        varies = (self.x_sum > 0) & (self.x_sum < n)
+        index = varies.nonzero()[:, 0]
+        scale_fitted = (torch.ones_like(self.x_sum) if scale is None else scale.to(self.gram))[index]
+        gram = self.gram[index][:, index] - n * torch.outer(x_mean[index], x_mean[index])
+        gram = gram * torch.outer(scale_fitted, scale_fitted)
+        cross = (self.cross[:, index] - torch.outer(self.y_sum, x_mean[index])) * scale_fitted
+        penalty = penalty.to(self.gram)[index][:, index]
+        total = self.y_sq - self.y_sum.square() / n
+        # Cholesky of the penalty (a jitter makes a Laplacian definite), then an ordinary
+        # eigendecomposition of the Gram matrix whitened by it.
+        jitter = 1e-9 * float(max(penalty.diagonal().mean(), gram.diagonal().mean(), 1e-300))
+        eye = torch.eye(index.numel(), dtype=f64, device=gram.device)
+        root = torch.linalg.cholesky(penalty + jitter * eye)
+        root_inverse = torch.linalg.solve_triangular(root, eye, upper=False)
+        whitened = root_inverse @ gram @ root_inverse.T
+        eigenvalues, eigenvectors = torch.linalg.eigh((whitened + whitened.T) / 2)
+        eigenvalues = eigenvalues.clamp_min(0)
+        basis = root_inverse.T @ eigenvectors  # (fitted, fitted): basis^T G basis = diag(eigenvalues)
+        projected = cross @ basis  # (T, fitted)
+        if lambdas is None:
+            lambdas = SMOOTHING_GRID.to(gram.device) * (gram.trace() / penalty.trace().clamp_min(1e-300))
+        lambdas = lambdas.to(gram)
+        weights = 1 / (eigenvalues[None, :] + lambdas[:, None])  # (L, fitted)
+        df = (eigenvalues[None, :] * weights).sum(dim=1)
+        explained = projected.square() @ ((eigenvalues[None, :] + 2 * lambdas[:, None]) * weights.square()).T
+        rss = (total[:, None] - explained).clamp_min(0)  # (T, L)
+        residual_df = n - 1 - df
+        gcv = torch.where(residual_df > 0, n * rss / residual_df.clamp_min(1e-12).square(), torch.inf)
+        best = gcv.argmin(dim=1)
+        chosen = weights[best]  # (T, fitted)
+        rss_chosen = rss.gather(1, best[:, None])[:, 0]
+        noise = rss_chosen / residual_df[best].clamp_min(1e-12)
+        coefficients = (projected * chosen) @ basis.T
+        variance = noise[:, None] * ((eigenvalues[None, :] * chosen.square()) @ basis.square().T)
+        standard_error = variance.clamp_min(0).sqrt()
+        z = coefficients / standard_error
+        z = torch.where((standard_error == 0) & (coefficients == 0), torch.zeros_like(z), z)
+        out = {}
+        for key, fitted_values in (("effect", coefficients), ("standard_error", standard_error), ("z", z)):
+            out[key] = torch.full_like(self.cross, float("nan"))
+            out[key][:, index] = fitted_values
+        out["smoothing"] = lambdas[best]
+        out["effective_units"] = df[best]
+        out["r_squared"] = torch.where(total > 0, 1 - rss_chosen / total, torch.full_like(total, float("nan")))
+        return out
+
+
+def boundary_laplacian(units: Tensor) -> Tensor:
+    r"""The graph Laplacian of the units of a label map, each pair of units weighted by the
+    neighbouring elements (time or frequency neighbours) across their boundary: for a map
+    ``theta`` constant on units, ``theta^T L theta`` is the sum over neighbouring elements of
+    the squared difference of the map.
+
+    Args:
+        units (Tensor): long ``(n_mels, n_frames)``, unit ids ``0 .. U - 1``.
+
+    Returns:
+        *Tensor* float64 ``(U, U)``.
+    """
+    num_units = int(units.max()) + 1
+    first, second = [], []
+    for a, b in ((units[1:, :], units[:-1, :]), (units[:, 1:], units[:, :-1])):
+        a, b = a.reshape(-1), b.reshape(-1)
+        differ = a != b
+        first.append(a[differ])
+        second.append(b[differ])
+    a, b = torch.cat(first), torch.cat(second)
+    weights = torch.zeros(num_units * num_units, dtype=torch.float64, device=units.device)
+    weights.index_add_(0, a * num_units + b, torch.ones_like(a, dtype=torch.float64))
+    weights = weights.reshape(num_units, num_units)
+    weights = weights + weights.T
+    return torch.diag(weights.sum(dim=1)) - weights
