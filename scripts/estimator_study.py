@@ -18,6 +18,9 @@ the same clips, frames and baseline. Tables go to stdout (Markdown) and ``report
     python scripts/estimator_study.py ig --out study
     python scripts/estimator_study.py report --out study > tables.md
 
+``stability`` prints the stability and pointing columns alone (both seeds, no re-decoding, not
+cached): a quick look at replayed variants before the slow deletion and insertion curves.
+
 Two diagnostics of the deletion AUC, each resumable, each writing one JSON file in ``--out``:
 
 * ``deletion-seeds``: deletion and insertion of every seed's map of ``--configs`` at
@@ -588,6 +591,37 @@ def report(study: Study, clips: list[str], variants: list[str]) -> str:
     return "\n".join(tables)
 
 
+def stability(study: Study, clips: list[str], variants: list[str]) -> str:
+    """A quick table of the variants with both seeds recorded, without deletion and insertion
+    (not cached): per-token and utterance top-5 % overlap, time-profile Spearman, units (in a
+    token's top 5 %), pointing game, and for ``coarse_fit="smooth"`` the median and range over
+    tokens of the fit's effective parameters."""
+    lines = [
+        "| clip | variant | per-token overlap | utterance overlap | time Spearman | units (top 5 %) | pointing "
+        "| smooth df |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for clip in clips:
+        for name in variants:
+            source = _source(study, VARIANTS[name], clip)
+            if source is None or len(source[1]) < 2:
+                continue
+            (config, budget, make, limit), paths = source
+            results = [replay(study, clip, p.with_suffix(".trace.pt"), make, limit, SPESResult.load(p)) for p in paths]
+            agreement = seed_agreement(results[0], results[1]).as_dict()
+            pointing = word_plausibility(results, [study.sample(clip).words] * 2).pointing_accuracy
+            df = sorted(results[0].metadata["estimator"].get("coarse_effective_units", []))
+            df_cell = f"{df[len(df) // 2]:.0f} [{df[0]:.0f}, {df[-1]:.0f}]" if df else "–"
+            lines.append(
+                f"| {clip} | {name} | {agreement['top_overlap_tokens']:.2f} | "
+                f"{agreement['top_overlap_utterance']:.2f} | "
+                f"{agreement['time_spearman_tokens']:.2f} | {agreement['units']:.0f} ({agreement['top_units']:.0f}) | "
+                f"{pointing:.2f} | {df_cell} |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def _source(study: Study, sources: list[Source], clip: str) -> tuple[Source, list[Path]] | None:
     """The first source with a recorded seed-1 run on ``clip``, and its runs (seed 1, then 2)."""
     for source in sources:
@@ -647,7 +681,7 @@ def _tables(rows: list[tuple[str, dict[str, Any]]], study: Study, clips: list[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "ig", "report", "deletion-seeds", "coarsened-ig"])
+    parser.add_argument("command", choices=["run", "ig", "report", "stability", "deletion-seeds", "coarsened-ig"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--clips", nargs="+", default=ALIGNED_CLIPS)
     parser.add_argument("--budgets", nargs="+", type=int, default=[500, 2000])
@@ -671,6 +705,8 @@ def main() -> None:
         run_ig(study, args.clips, args.ig_steps)
     elif args.command == "deletion-seeds":
         deletion_seeds(study, args.configs, args.clips, args.budgets)
+    elif args.command == "stability":
+        stability(study, args.clips, args.variants)
     elif args.command == "coarsened-ig":
         coarsened_ig(study, args.configs, args.clips, args.budgets, args.ig_steps)
     else:
