@@ -281,7 +281,11 @@ def test_spes_explains_the_answer_not_the_placeholders(family, prompt_in_token_m
         for per_eval in (1, 4)
     ]
     first = results[0]
-    torch.testing.assert_close(results[1].spectrogram_attr, first.spectrogram_attr, rtol=1e-4, atol=1e-7)
+    # The tiny random model's spectrogram impacts are about 3e-7, at float32's resolution of a
+    # KL: batch composition changes them by rounding (1.6e-7 seen on one CPU), so only gross
+    # differences are caught here; the toy known-answer tests check batch invariance of a real
+    # map. The token map (about 1e-2) is compared tightly.
+    torch.testing.assert_close(results[1].spectrogram_attr, first.spectrogram_attr, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(results[1].token_attr, first.token_attr, rtol=1e-4, atol=1e-7)
     visible = len(adapter.default_prompt_ids(features, {}))
     assert visible == (7 if family == "qwen2_audio" else 4) if prompt_in_token_map else visible == 1
