@@ -87,13 +87,19 @@ class GramSums:
         residual = (total - (coefficients * centred_cross).sum(dim=1)).clamp_min(0)
         noise = residual / (n - torch.linalg.matrix_rank(centred_gram, hermitian=True) - 1)
         standard_error = (noise[:, None] * inverse.diagonal()[None, :].clamp_min(0)).sqrt()
+        out = self._per_unit(index, coefficients, standard_error)
+        out["r_squared"] = torch.where(total > 0, 1 - residual / total, torch.full_like(total, float("nan")))
+        return out
+
+    def _per_unit(self, index: Tensor, coefficients: Tensor, standard_error: Tensor) -> dict[str, Tensor]:
+        """``effect``, ``standard_error`` and ``z`` ``(T, p)`` from the fitted units' ``(T, fitted)``
+        values (units ``index``), NaN for the units not fitted."""
         z = coefficients / standard_error
         z = torch.where((standard_error == 0) & (coefficients == 0), torch.zeros_like(z), z)
         out = {}
         for key, fitted_values in (("effect", coefficients), ("standard_error", standard_error), ("z", z)):
             out[key] = torch.full_like(self.cross, float("nan"))
             out[key][:, index] = fitted_values
-        out["r_squared"] = torch.where(total > 0, 1 - residual / total, torch.full_like(total, float("nan")))
         return out
 
     def fit_smooth(
@@ -172,12 +178,7 @@ class GramSums:
         coefficients = (projected * chosen) @ basis.T
         variance = noise[:, None] * ((eigenvalues[None, :] * chosen.square()) @ basis.square().T)
         standard_error = variance.clamp_min(0).sqrt()
-        z = coefficients / standard_error
-        z = torch.where((standard_error == 0) & (coefficients == 0), torch.zeros_like(z), z)
-        out = {}
-        for key, fitted_values in (("effect", coefficients), ("standard_error", standard_error), ("z", z)):
-            out[key] = torch.full_like(self.cross, float("nan"))
-            out[key][:, index] = fitted_values
+        out = self._per_unit(index, coefficients, standard_error)
         out["smoothing"] = lambdas[best]
         out["effective_units"] = df[best]
         out["r_squared"] = torch.where(total > 0, 1 - rss_chosen / total, torch.full_like(total, float("nan")))
