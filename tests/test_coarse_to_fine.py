@@ -5,17 +5,10 @@ import torch
 from helpers import REGIONS, ToySpeechModel, tiny_whisper, toy_features, whisper_features
 
 from captum_spes import SPES, CoarseToFine, CustomMasks, InputError, SpeechSeq2SeqWrapper
-from captum_spes._core.coarse_to_fine import COARSE_PARTITIONS, _coarse_labels, nest, shift_offsets, shrinkage
+from captum_spes._core.coarse_cells import coarse_labels
+from captum_spes._core.coarse_to_fine import COARSE_PARTITIONS, shrinkage
 from captum_spes._core.utterance import Utterance
 from captum_spes.adapters import InputLayout
-
-
-def test_nest_assigns_each_fine_segment_to_the_coarse_one_holding_most_of_it():
-    fine = torch.tensor([[0, 0, 1, 1, 2, 2]])
-    coarse = torch.tensor([[5, 5, 5, 7, 7, 7]])  # fine 1 is split 1:1 -> the first maximum
-    assert nest(fine, coarse).tolist() == [0, 0, 1]
-    coarse = torch.tensor([[3, 3, 9, 9, 9, 9]])
-    assert nest(fine, coarse).tolist() == [0, 1, 1]
 
 
 def test_shrinkage_by_hand():
@@ -77,7 +70,7 @@ def _levels(n_frames=8):
 def test_two_stage_map_by_hand(monkeypatch, detail_weight, refined_values, atom_se):
     # 4 atoms (2-frame columns of 4 mels: 8 elements) in 2 cells (atoms 0-1, atoms 2-3: 16 elements).
     monkeypatch.setattr(
-        "captum_spes._core.coarse_to_fine._coarse_labels",
+        "captum_spes._core.coarse_to_fine.coarse_labels",
         lambda utterance, num_cells, frequency_bands, time_spacing: (torch.arange(8)[None, :] // 4).expand(4, 8),
     )
     settings = dict(
@@ -119,36 +112,14 @@ def test_two_stage_map_by_hand(monkeypatch, detail_weight, refined_values, atom_
     assert estimate.info["refined_atoms"] == 2 and estimate.info["cells"] == 2
 
 
-def test_frequency_bands_make_a_grid_of_bands_and_time_slices():
-    # 4 mels x 8 frames, 4 cells in 2 bands: 2 time slices of 4 frames per band.
-    labels = _coarse_labels(_utterance(), 4, 2)
-    assert labels.tolist() == [[0] * 4 + [1] * 4] * 2 + [[2] * 4 + [3] * 4] * 2
-    # One band: 8 cells are 8 one-frame columns; more bands than mels are capped at the mels.
-    assert _coarse_labels(_utterance(), 8, 1).tolist() == [list(range(8))] * 4
-    assert _coarse_labels(_utterance(), 4, 9).tolist() == [[k] * 8 for k in range(4)]
+def test_frequency_band_cells_nest_single_element_atoms_exactly():
+    labels = coarse_labels(_utterance(), 4, 2)
     # Through the design: single-element atoms nest exactly into the grid cells.
     elements = CustomMasks(torch.arange(32).reshape(4, 8)).segment(torch.zeros(4, 8))
     estimator = CoarseToFine(masks_per_cell=1.0, frequency_bands=2, coarse_partitions=1).bind(1, [32], "cpu")
     coarse = next(estimator.plan(_utterance(), elements, 4, 0.5))
     assert coarse.num_segments == 4 and coarse.labels.tolist() == labels.tolist()
     assert estimator.config()["frequency_bands"] == 2
-
-
-def test_shift_offsets_are_fractions_of_the_median_cell_width():
-    # Cells 2, 4 and 6 frames wide (2 mels): median width 4.
-    cells = torch.tensor([[0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]] * 2)
-    assert shift_offsets(cells, 1) == [0]
-    assert shift_offsets(cells, 2) == [0, 2]
-    assert shift_offsets(cells, 3) == [0, 1, 3]  # 4/3 and 8/3 rounded
-    assert shift_offsets(cells, 4) == [0, 1, 2, 3]
-
-
-def test_shifted_grid_moves_the_slice_boundaries():
-    # 8 frames in 2 slices of 4: boundaries 2 frames earlier give slices of 2, 4 and 2 frames.
-    labels = _coarse_labels(_utterance(), 2, 1, 1.0, offset=2)
-    assert labels.tolist() == [[0, 0, 1, 1, 1, 1, 2, 2]] * 4
-    shifted_slic = _coarse_labels(_utterance(24), 6, None, 1.0, offset=3)
-    assert shifted_slic.shape == (4, 24) and shifted_slic.min() == 0
 
 
 def test_shifted_partitions_average_by_hand(monkeypatch):
@@ -158,7 +129,7 @@ def test_shifted_partitions_average_by_hand(monkeypatch):
         frames = torch.arange(8)
         return ((frames + offset) // 4).expand(4, 8)
 
-    monkeypatch.setattr("captum_spes._core.coarse_to_fine._coarse_labels", cells)
+    monkeypatch.setattr("captum_spes._core.coarse_to_fine.coarse_labels", cells)
     estimator = CoarseToFine(masks_per_cell=2.0, coarse_partitions=2).bind(1, [4], "cpu")
     stages = estimator.plan(_utterance(), _levels(), 9, 0.5)
     first = next(stages)
@@ -240,7 +211,7 @@ def test_shifted_partitions_with_a_refine_stage_by_hand(monkeypatch):
     def cells(utterance, num_cells, frequency_bands, time_spacing, offset=0):
         return ((torch.arange(8) + offset) // 4).expand(4, 8)
 
-    monkeypatch.setattr("captum_spes._core.coarse_to_fine._coarse_labels", cells)
+    monkeypatch.setattr("captum_spes._core.coarse_to_fine.coarse_labels", cells)
     atoms = CustomMasks(torch.arange(8)[None, :]).segment(torch.zeros(4, 8))
     settings = dict(coarse_fraction=0.5, masks_per_atom=4.0, refine_from=4, coarse_partitions=2, detail="raw")
     estimator = CoarseToFine(**settings).bind(1, [8], "cpu")
@@ -275,24 +246,6 @@ def test_shifted_partitions_with_a_refine_stage_by_hand(monkeypatch):
     # Frames 0-1 were occluded by 2 masks of A and 2 of C; the refined atoms by 2 each.
     assert estimate.occluded.tolist() == [2, 2, 4, 4, 4]
     assert "varying with refined units' atoms" in estimate.info["map"]
-
-
-def test_time_spacing_narrows_the_slic_cells():
-    # A smooth random field (48 mels x 240 frames), so that SLIC trades colour against distance.
-    noise = torch.rand(1, 1, 48, 240, generator=torch.Generator().manual_seed(0))
-    field = torch.nn.functional.avg_pool2d(noise, 5, stride=1, padding=2)
-    utterance = Utterance.prepare(field[0], InputLayout("mel_first"))
-
-    def median_width(labels):
-        widths = [
-            float(col.nonzero().max() - col.nonzero().min() + 1)
-            for col in ((labels == k).any(0) for k in range(int(labels.max()) + 1))
-        ]
-        return torch.tensor(widths).median().item()
-
-    square = _coarse_labels(utterance, 30, None, 1.0)
-    narrow = _coarse_labels(utterance, 30, None, 8.0)
-    assert median_width(narrow) <= median_width(square) / 2
 
 
 def test_cells_fine_enough_in_time_for_the_speech():
