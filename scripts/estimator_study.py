@@ -19,12 +19,15 @@ the same clips, frames and baseline. Tables go to stdout (Markdown) and ``report
     python scripts/estimator_study.py report --out study > tables.md
 
 ``stability`` prints the stability and pointing columns alone (both seeds, no re-decoding, not
-cached): a quick look at replayed variants before the slow deletion and insertion curves.
+cached): a quick look at replayed variants before the slow deletion and insertion curves;
+``pointing-misses`` splits what the pointing game loses into peaks just outside a word's span
+(``--near`` seconds: a unit straddling its boundary) and peaks farther away.
 
 Two diagnostics of the deletion AUC, each resumable, each writing one JSON file in ``--out``:
 
 * ``deletion-seeds``: deletion and insertion of every seed's map of ``--configs`` at
-  ``--budgets`` (``report`` scores seed 1 only), i.e. the seed-to-seed spread of the AUCs;
+  ``--budgets`` (``report`` scores seed 1 only), i.e. the seed-to-seed spread of the AUCs; with
+  ``--variants``, of every seed's replayed map of those variants instead;
 * ``coarsened-ig``: Integrated Gradients' per-token maps (saved by ``ig``) averaged within the
   units of each ``--configs`` map (seed 1) and scored by the same deletion: whether a SPES map's
   resolution or its ranking of regions separates its deletion AUC from IG's.
@@ -277,9 +280,30 @@ def _update_json(path: Path, key: str, value: Any) -> None:
     print(key, value, flush=True)
 
 
-def deletion_seeds(study: Study, configs: list[str], clips: list[str], budgets: list[int]) -> None:
-    """Deletion and insertion AUC of every saved seed (``report`` scores seed 1 only)."""
+def deletion_seeds(
+    study: Study, configs: list[str], clips: list[str], budgets: list[int], variants: list[str] | None = None
+) -> None:
+    """Deletion and insertion AUC of every saved seed (``report`` scores seed 1 only): of the
+    recorded maps of ``configs`` at ``budgets``, or of ``variants`` replayed on their masks."""
     out = study.out / "deletion_seeds.json"
+    for name in variants or []:
+        for clip in clips:
+            source = _source(study, VARIANTS[name], clip)
+            if source is None:
+                continue
+            (config, budget, make, limit), paths = source
+            scored = _read_json(study.out / "report.json").get(name, {}).get(clip, {})
+            for seed, path in enumerate(paths, start=1):
+                key = f"{name} | {clip} s{seed}"
+                if key in _read_json(out):
+                    continue
+                if seed == 1 and "deletion" in scored:  # report's seed-1 scores of the same replay
+                    _update_json(out, key, {m: scored[m] for m in ("deletion", "insertion")})
+                    continue
+                result = replay(study, clip, path.with_suffix(".trace.pt"), make, limit, SPESResult.load(path))
+                _update_json(out, key, _metrics(study, [result], [clip]))
+    if variants:
+        return
     for config in configs:
         for budget in budgets:
             for clip in clips:
@@ -622,6 +646,37 @@ def stability(study: Study, clips: list[str], variants: list[str]) -> str:
     return "\n".join(lines)
 
 
+def pointing_misses(study: Study, clips: list[str], variants: list[str], near: float) -> str:
+    """Where the pointing game is lost (both seeds, replayed): the share of it lost to words
+    whose map peaks at most ``near`` seconds outside the word's span (a unit straddling its
+    boundary: resolution) and farther away (another word), and the words missed farther."""
+    lines = [f"| clip | variant | pointing | lost within {near:g} s | lost farther | words missed farther |"]
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for clip in clips:
+        for name in variants:
+            source = _source(study, VARIANTS[name], clip)
+            if source is None or len(source[1]) < 2:
+                continue
+            (config, budget, make, limit), paths = source
+            results = [replay(study, clip, p.with_suffix(".trace.pt"), make, limit, SPESResult.load(p)) for p in paths]
+            plausibility = word_plausibility(results, [study.sample(clip).words] * 2)
+            words = [w for utterance in plausibility.utterances for w in utterance.words]
+            lost = {"near": 0.0, "far": 0.0}
+            far_words = []
+            for w in words:
+                outside = max(0.0, w.start - w.argmax_time, w.argmax_time - w.end)
+                lost["near" if outside <= near else "far"] += 1 - w.pointing_hit
+                if outside > near:
+                    signed = w.argmax_time - (w.end if w.argmax_time > w.end else w.start)
+                    far_words.append(f"{w.word} ({signed:+.2f} s)")
+            lines.append(
+                f"| {clip} | {name} | {plausibility.pointing_accuracy:.2f} | {lost['near'] / len(words):.2f} | "
+                f"{lost['far'] / len(words):.2f} | {', '.join(far_words)} |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def _source(study: Study, sources: list[Source], clip: str) -> tuple[Source, list[Path]] | None:
     """The first source with a recorded seed-1 run on ``clip``, and its runs (seed 1, then 2)."""
     for source in sources:
@@ -681,7 +736,9 @@ def _tables(rows: list[tuple[str, dict[str, Any]]], study: Study, clips: list[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "ig", "report", "stability", "deletion-seeds", "coarsened-ig"])
+    parser.add_argument(
+        "command", choices=["run", "ig", "report", "stability", "pointing-misses", "deletion-seeds", "coarsened-ig"]
+    )
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--clips", nargs="+", default=ALIGNED_CLIPS)
     parser.add_argument("--budgets", nargs="+", type=int, default=[500, 2000])
@@ -691,7 +748,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--step", type=float, default=5)
     parser.add_argument("--ig-steps", type=int, default=16)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
+    parser.add_argument("--near", type=float, default=0.1, help="pointing-misses: seconds outside a span that are near")
     parser.add_argument("--out", type=Path, default=Path("study-results/estimators"))
     args = parser.parse_args()
     study = Study(args)
@@ -704,13 +762,15 @@ def main() -> None:
     elif args.command == "ig":
         run_ig(study, args.clips, args.ig_steps)
     elif args.command == "deletion-seeds":
-        deletion_seeds(study, args.configs, args.clips, args.budgets)
+        deletion_seeds(study, args.configs, args.clips, args.budgets, args.variants)
     elif args.command == "stability":
-        stability(study, args.clips, args.variants)
+        stability(study, args.clips, args.variants or list(VARIANTS))
+    elif args.command == "pointing-misses":
+        pointing_misses(study, args.clips, args.variants or list(VARIANTS), args.near)
     elif args.command == "coarsened-ig":
         coarsened_ig(study, args.configs, args.clips, args.budgets, args.ig_steps)
     else:
-        print(report(study, args.clips, args.variants))
+        print(report(study, args.clips, args.variants or list(VARIANTS)))
 
 
 if __name__ == "__main__":
