@@ -489,6 +489,14 @@ VARIANTS: dict[str, list[Source]] = {
             None,
         )
     ],
+    "coarse_to_fine, narrow SLIC cells, 4 shifted partitions, 2 masks per cell, smooth least squares @ 500": [
+        (
+            "coarse_to_fine_slic_t8_k4_mpc2",
+            500,
+            lambda: c2f(time_spacing=8.0, coarse_partitions=4, masks_per_cell=2.0, coarse_fit="smooth"),
+            None,
+        )
+    ],
     "coarse_to_fine, narrow SLIC cells, 4 shifted partitions, 1.1 masks per cell, smooth least squares @ 500": [
         (
             "coarse_to_fine_slic_t8_k4_mpc1",
